@@ -1,0 +1,111 @@
+"""The HTTP edge, in-process (ASGI): status codes, limits and the never-a-500 rule."""
+
+import httpx
+import orjson
+import pytest
+
+from tests.reviews import ECR_IMAGE, decode_patch, flyte_pod, review_for
+from webhook import app as app_module
+from webhook.app import AppState, create_app
+from webhook.config import load_config
+
+CONFIG = load_config("examples/rules.yaml")
+
+
+@pytest.fixture
+def state():
+    return AppState(config=CONFIG, max_body_bytes=64 * 1024)
+
+
+@pytest.fixture
+async def client(state):
+    transport = httpx.ASGITransport(app=create_app(state))
+    async with httpx.AsyncClient(transport=transport, base_url="https://webhook") as c:
+        yield c
+
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend():
+    return "asyncio"
+
+
+async def test_mutate_returns_a_patch_and_ignores_the_timeout_query(client):
+    r = await client.post(
+        "/mutate?timeout=5s",
+        content=orjson.dumps(review_for(flyte_pod(ECR_IMAGE))),
+        headers={"content-type": "application/json"},
+    )
+    assert r.status_code == 200
+    assert r.headers["content-type"] == "application/json"
+    ops = decode_patch(r.json()["response"])
+    assert ops[0] == {"op": "add", "path": "/spec/imagePullSecrets", "value": [{"name": "ecr-pull"}]}
+
+
+@pytest.mark.parametrize(
+    ("body", "headers", "status", "message"),
+    [
+        (b"{", {}, 400, "not valid JSON"),
+        (b"{}", {}, 400, "unsupported apiVersion"),
+        (orjson.dumps(review_for(None)), {}, 400, "no 'object' pod"),
+        (b"x" * (64 * 1024 + 1), {}, 413, "exceeds the limit"),
+        (b"{}", {"content-type": "text/plain"}, 415, "unsupported content type"),
+        (b"{}", {"content-type": "application/x-www-form-urlencoded"}, 415, "unsupported content type"),
+    ],
+)
+async def test_bad_requests_get_a_clear_4xx(client, body, headers, status, message):
+    r = await client.post("/mutate", content=body, headers={"content-type": "application/json", **headers})
+    assert r.status_code == status
+    assert message in r.json()["error"]
+
+
+async def test_oversized_body_without_content_length_is_refused_while_streaming(client):
+    async def chunks():
+        for _ in range(100):
+            yield b"x" * 4096
+
+    r = await client.post("/mutate", content=chunks(), headers={"content-type": "application/json"})
+    assert r.status_code == 413
+
+
+async def test_internal_error_admits_the_pod_untouched_with_a_warning(client, monkeypatch):
+    def boom(*_args, **_kwargs):
+        raise RuntimeError("bug")
+
+    monkeypatch.setattr(app_module, "review", boom)
+    r = await client.post("/mutate", content=orjson.dumps(review_for(flyte_pod(ECR_IMAGE), uid="u1")))
+    assert r.status_code == 200
+    resp = r.json()["response"]
+    assert resp == {
+        "uid": "u1",
+        "allowed": True,
+        "warnings": ["pullsecrets-webhook: internal error (RuntimeError)"],
+    }
+
+
+async def test_health_and_readiness(client, state):
+    assert (await client.get("/healthz")).status_code == 200
+    ready = await client.get("/readyz")
+    assert ready.status_code == 200
+    assert ready.json()["rules"] == 6
+    state.ready = False
+    assert (await client.get("/readyz")).status_code == 503
+
+
+async def test_metrics_count_results(client):
+    await client.post("/mutate", content=orjson.dumps(review_for(flyte_pod(ECR_IMAGE))))
+    await client.post("/mutate", content=orjson.dumps(review_for(flyte_pod(ECR_IMAGE, labels={}))))
+    text = (await client.get("/metrics")).text
+    assert 'pullsecrets_webhook_admission_requests_total{result="patched"}' in text
+    assert 'pullsecrets_webhook_admission_requests_total{result="skipped-not-flyte"}' in text
+    assert (
+        'pullsecrets_webhook_injected_secrets_total{registry="123456789012.dkr.ecr.us-east-1.amazonaws.com",secret="ecr-pull"}'
+        in text
+    )
+
+
+async def test_docs_are_not_exposed(client):
+    assert (await client.get("/docs")).status_code == 404
+    assert (await client.get("/openapi.json")).status_code == 404

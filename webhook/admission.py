@@ -1,0 +1,136 @@
+"""AdmissionReview in, AdmissionReview out: the protocol, apart from the transport.
+
+Like controller-runtime's ``pkg/webhook/admission``, this module knows the
+``admission.k8s.io/v1`` wire format and nothing about HTTP. The HTTP edge
+(``webhook.app``) turns a ReviewError into a 4xx; everything else is a 200
+with an AdmissionReview, since any non-200 makes the apiserver apply the
+webhook's failurePolicy.
+"""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from webhook.config import Config
+from webhook.mutation import Mutation, Outcome, mutate_pod
+
+API_VERSION = "admission.k8s.io/v1"
+KIND = "AdmissionReview"
+
+
+class ReviewError(Exception):
+    """The request is not a usable AdmissionReview; ``status`` is the HTTP status to answer."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+
+
+@dataclass(slots=True)
+class Decision:
+    """What the webhook decided about one review, for the response, logs and metrics."""
+
+    uid: str
+    response: dict[str, Any]
+    outcome: str
+    namespace: str | None = None
+    name: str | None = None
+    operation: str | None = None
+    dry_run: bool = False
+    mutation: Mutation | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def parse_review(body: bytes) -> dict[str, Any]:
+    """Decode and check the envelope; the pod inside is left as a raw dict."""
+    try:
+        review = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        if "depth limit" in str(exc) or "recursion" in str(exc).lower():
+            # orjson stops at 1024 levels, in C, without touching Python's stack
+            raise ReviewError("request body is JSON nested too deeply (over 1024 levels)") from None
+        raise ReviewError(f"request body is not valid JSON: {exc}") from None
+    if not isinstance(review, dict):
+        raise ReviewError(f"expected a JSON object (an AdmissionReview), got {type(review).__name__}")
+    api_version, kind = review.get("apiVersion"), review.get("kind")
+    if api_version != API_VERSION:
+        raise ReviewError(f"unsupported apiVersion {api_version!r}: this webhook speaks {API_VERSION}")
+    if kind != KIND:
+        raise ReviewError(f"unsupported kind {kind!r}: expected {KIND}")
+    request = review.get("request")
+    if not isinstance(request, dict):
+        raise ReviewError("AdmissionReview has no 'request' object")
+    uid = request.get("uid")
+    if not isinstance(uid, str) or not uid:
+        raise ReviewError("AdmissionReview request has no 'uid'")
+    return review
+
+
+def make_response(
+    uid: str,
+    patch: list[dict[str, Any]] | None = None,
+    warnings: tuple[str, ...] | list[str] = (),
+    audit_annotations: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """An allowing AdmissionReview response. This webhook never denies a pod."""
+    response: dict[str, Any] = {"uid": uid, "allowed": True}
+    if patch:
+        response["patchType"] = "JSONPatch"
+        response["patch"] = base64.b64encode(orjson.dumps(patch)).decode("ascii")
+    if warnings:
+        response["warnings"] = list(warnings)
+    if audit_annotations:
+        response["auditAnnotations"] = audit_annotations
+    return {"apiVersion": API_VERSION, "kind": KIND, "response": response}
+
+
+def _is_pod_create(request: dict[str, Any]) -> bool:
+    kind = request.get("kind")
+    if not isinstance(kind, dict):
+        return False
+    return (
+        kind.get("group", "") == ""
+        and kind.get("kind") == "Pod"
+        and not request.get("subResource")
+        and request.get("operation") == "CREATE"
+    )
+
+
+def review(review_obj: dict[str, Any], config: Config) -> Decision:
+    """Decide on a parsed review (see parse_review)."""
+    request: dict[str, Any] = review_obj["request"]
+    uid: str = request["uid"]
+    operation = request.get("operation")
+    namespace = request.get("namespace") if isinstance(request.get("namespace"), str) else None
+    dry_run = request.get("dryRun") is True
+    decision = Decision(
+        uid=uid,
+        response={},
+        outcome="ignored",
+        namespace=namespace,
+        operation=operation if isinstance(operation, str) else None,
+        dry_run=dry_run,
+    )
+    if not _is_pod_create(request):
+        decision.response = make_response(uid)
+        return decision
+    pod = request.get("object")
+    if not isinstance(pod, dict):
+        raise ReviewError("AdmissionReview request for a pod CREATE has no 'object' pod")
+    metadata = pod.get("metadata") if isinstance(pod.get("metadata"), dict) else {}
+    name = metadata.get("name") or metadata.get("generateName")
+    decision.name = name if isinstance(name, str) else None
+
+    mutation = mutate_pod(pod, config)
+    decision.mutation = mutation
+    decision.outcome = mutation.outcome.value
+    audit = None
+    if mutation.outcome is Outcome.PATCHED:
+        audit = {"injected": ",".join(mutation.added)}
+    decision.response = make_response(uid, mutation.patch, mutation.warnings, audit)
+    return decision

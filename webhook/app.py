@@ -1,0 +1,141 @@
+"""The HTTP edge: FastAPI routes around the pure admission logic.
+
+The pod is read as raw bytes and decoded by orjson straight into dicts: no
+request model, so no field of the pod is validated away or dropped, and no
+per-request Pydantic cost. Every answer to a well-formed review is a 200 that
+allows the pod: an internal fault degrades to "admitted without injection",
+never to a 500 that failurePolicy could turn into a lost pod.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+
+from webhook import logs, metrics
+from webhook.admission import ReviewError, make_response, parse_review, review
+from webhook.config import Config
+
+DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024  # etcd caps objects at ~1.5 MiB; a review wraps one
+_JSON = "application/json"
+
+
+@dataclass
+class AppState:
+    """Mutable state shared with the server: the live config and readiness."""
+
+    config: Config
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    ready: bool = True
+
+
+def _error(status: int, message: str) -> Response:
+    return Response(orjson.dumps({"error": message, "status": status}), status_code=status, media_type=_JSON)
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """Read at most ``limit`` bytes; larger bodies are refused without being buffered."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise ReviewError(f"request body of {declared} bytes exceeds the limit of {limit} bytes", 413)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise ReviewError(f"request body exceeds the limit of {limit} bytes", 413)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _record(decision_fields: dict[str, Any], started: float) -> None:
+    elapsed = time.perf_counter() - started
+    metrics.LATENCY.observe(elapsed)
+    decision_fields["duration_ms"] = round(elapsed * 1000, 3)
+    logs.info("admission", **decision_fields)
+
+
+def create_app(state: AppState) -> FastAPI:
+    app = FastAPI(
+        title="flyte-pullsecrets-webhook",
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+    )
+    app.state.webhook = state
+
+    @app.post("/mutate")
+    async def mutate(request: Request) -> Response:
+        started = time.perf_counter()
+        ctype = request.headers.get("content-type", _JSON).split(";", 1)[0].strip().lower()
+        if ctype not in (_JSON, "", "*/*"):
+            metrics.ADMISSIONS.labels("invalid").inc()
+            return _error(415, f"unsupported content type {ctype!r}: send {_JSON}")
+        try:
+            body = await read_body(request, state.max_body_bytes)
+            review_obj = parse_review(body)
+        except ReviewError as exc:
+            metrics.ADMISSIONS.labels("invalid").inc()
+            logs.warning("rejected request", status=exc.status, reason=exc.message)
+            return _error(exc.status, exc.message)
+
+        uid = review_obj["request"]["uid"]
+        try:
+            decision = review(review_obj, state.config)
+        except ReviewError as exc:
+            metrics.ADMISSIONS.labels("invalid").inc()
+            logs.warning("rejected request", status=exc.status, reason=exc.message, uid=uid)
+            return _error(exc.status, exc.message)
+        except Exception as exc:  # a bug must not cost the user a pod: admit untouched
+            metrics.ADMISSIONS.labels("error").inc()
+            logs.error("admission failed; pod admitted without injection", exc_info=True, uid=uid)
+            body_out = make_response(uid, warnings=[f"pullsecrets-webhook: internal error ({type(exc).__name__})"])
+            return Response(orjson.dumps(body_out), media_type=_JSON)
+
+        metrics.ADMISSIONS.labels(decision.outcome).inc()
+        fields: dict[str, Any] = {
+            "uid": decision.uid,
+            "namespace": decision.namespace,
+            "pod": decision.name,
+            "operation": decision.operation,
+            "dry_run": decision.dry_run,
+            "result": decision.outcome,
+        }
+        mutation = decision.mutation
+        if mutation is not None:
+            for secret, registry in mutation.added_for_registry.items():
+                metrics.INJECTED.labels(secret, metrics.registry_label(registry)).inc()
+            for registry in mutation.unmatched_registries:
+                metrics.UNMATCHED.labels(metrics.registry_label(registry)).inc()
+            if mutation.problems:
+                metrics.INVALID_IMAGES.inc(len(mutation.problems))
+            fields["added"] = list(mutation.added)
+            if mutation.unmatched_registries:
+                fields["unmatched"] = list(mutation.unmatched_registries)
+            if mutation.problems:
+                fields["invalid_images"] = [p.field for p in mutation.problems]
+        out = orjson.dumps(decision.response)
+        _record(fields, started)
+        return Response(out, media_type=_JSON)
+
+    @app.get("/healthz")
+    async def healthz() -> Response:
+        return JSONResponse({"status": "ok"})
+
+    @app.get("/readyz")
+    async def readyz() -> Response:
+        if state.ready:
+            return JSONResponse({"status": "ready", "rules": len(state.config.rules)})
+        return JSONResponse({"status": "shutting down"}, status_code=503)
+
+    @app.get("/metrics")
+    async def metrics_endpoint() -> Response:
+        payload, content_type = metrics.render()
+        return Response(payload, media_type=content_type)
+
+    return app

@@ -1,0 +1,233 @@
+"""Command line: ``pullsecrets-webhook serve | mutate | check-config | init-certs``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import jsonpatch
+import orjson
+import yaml
+
+from webhook import __version__, logs
+from webhook.config import Config, ConfigError, load_config
+from webhook.mutation import Outcome, mutate_pod
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
+
+
+def _fail(message: str, code: int = EXIT_ERROR) -> int:
+    print(f"pullsecrets-webhook: error: {message}", file=sys.stderr)
+    return code
+
+
+def _load(path: str) -> Config:
+    return load_config(Path(path))
+
+
+# ---------------------------------------------------------------- serve
+def cmd_serve(args: argparse.Namespace) -> int:
+    from webhook.app import AppState
+    from webhook.certs import ensure_dev_certs
+    from webhook.server import ServeOptions, run
+    from webhook.tls import ReloadingTLS
+
+    logs.setup_logging(args.log_level, args.log_format)
+    try:
+        config = _load(args.config)
+    except ConfigError as exc:
+        return _fail(str(exc))
+    cert_dir = Path(args.cert_dir)
+    certfile, keyfile = cert_dir / "tls.crt", cert_dir / "tls.key"
+    if not (certfile.exists() and keyfile.exists()):
+        if not args.generate_certs:
+            return _fail(f"no tls.crt/tls.key in {cert_dir} and --no-generate-certs was given")
+        ensure_dev_certs(cert_dir)
+        logs.info(
+            "generated a development CA and serving certificate (localhost, 127.0.0.1, ::1)",
+            ca=str(cert_dir / "ca.crt"),
+            cert=str(certfile),
+        )
+    try:
+        tls = ReloadingTLS(certfile, keyfile)
+    except (OSError, ValueError) as exc:
+        return _fail(f"cannot load the serving certificate from {cert_dir}: {exc}")
+    state = AppState(config=config, max_body_bytes=args.max_body_bytes)
+    options = ServeOptions(
+        host=args.host,
+        port=args.port,
+        cert_dir=cert_dir,
+        config_path=Path(args.config),
+        shutdown_delay=args.shutdown_delay,
+        graceful_timeout=args.graceful_timeout,
+        keep_alive=args.keep_alive,
+        reload_interval=args.reload_interval,
+        max_body_bytes=args.max_body_bytes,
+    )
+    logs.info(
+        "serving",
+        url=f"https://{_url_host(args.host)}:{args.port}/mutate",
+        rules=len(config.rules),
+        config=args.config,
+        version=__version__,
+    )
+    run(options, state, tls)
+    logs.info("stopped")
+    return EXIT_OK
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+# ---------------------------------------------------------------- mutate
+def _documents(path: str) -> Iterator[Any]:
+    text = sys.stdin.read() if path == "-" else Path(path).read_text()
+    stripped = text.lstrip()
+    if stripped.startswith(("{", "[")):
+        yield orjson.loads(text)
+        return
+    for doc in yaml.safe_load_all(text):
+        if doc is not None:
+            yield doc
+
+
+def _pods(doc: Any, source: str) -> Iterator[tuple[dict[str, Any], str]]:
+    if not isinstance(doc, dict):
+        raise ValueError(f"{source}: a document is not a mapping")
+    kind = doc.get("kind")
+    if kind == "AdmissionReview":
+        obj = (doc.get("request") or {}).get("object")
+        if not isinstance(obj, dict):
+            raise ValueError(f"{source}: AdmissionReview has no request.object")
+        yield obj, source
+    elif kind == "Pod":
+        yield doc, source
+    elif kind == "List" or kind == "PodList":
+        for item in doc.get("items") or []:
+            yield from _pods(item, source)
+    else:
+        print(f"{source}: skipping a {kind or 'kind-less'} document (only Pods are mutated)", file=sys.stderr)
+
+
+def cmd_mutate(args: argparse.Namespace) -> int:
+    try:
+        config = _load(args.config)
+    except ConfigError as exc:
+        return _fail(str(exc))
+    results: list[Any] = []
+    try:
+        for path in args.files:
+            for doc in _documents(path):
+                for pod, source in _pods(doc, path):
+                    mutation = mutate_pod(pod, config)
+                    meta = pod.get("metadata") or {}
+                    name = meta.get("name") or meta.get("generateName") or "<unnamed>"
+                    note = ",".join(mutation.added) if mutation.outcome is Outcome.PATCHED else "-"
+                    print(f"{source}: pod/{name}: {mutation.outcome.value}; added: {note}", file=sys.stderr)
+                    for warning in mutation.warnings:
+                        print(f"{source}: pod/{name}: warning: {warning}", file=sys.stderr)
+                    if args.output == "patch":
+                        results.append(mutation.patch)
+                    else:
+                        results.append(jsonpatch.apply_patch(pod, mutation.patch) if mutation.patch else pod)
+    except (OSError, UnicodeDecodeError) as exc:
+        return _fail(f"cannot read input: {exc}")
+    except (yaml.YAMLError, orjson.JSONDecodeError) as exc:
+        return _fail(f"input is not valid YAML or JSON: {exc}")
+    except ValueError as exc:
+        return _fail(str(exc))
+    if args.output == "yaml":
+        sys.stdout.write(yaml.safe_dump_all(results, sort_keys=False))
+    else:
+        payload = results[0] if len(results) == 1 else results
+        sys.stdout.write(orjson.dumps(payload, option=orjson.OPT_INDENT_2).decode() + "\n")
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------- check-config
+def cmd_check_config(args: argparse.Namespace) -> int:
+    try:
+        config = _load(args.file)
+    except ConfigError as exc:
+        return _fail(str(exc))
+    globs = sum(1 for r in config.rules.rules if r.pattern.is_glob)
+    print(f"{args.file}: OK: {len(config.rules)} rules ({globs} with globs)")
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pullsecrets-webhook",
+        description="Inject registry-specific imagePullSecrets into Flyte pods (Kubernetes mutating webhook).",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = sub.add_parser("serve", help="serve the webhook over HTTPS")
+    serve.add_argument("--config", required=True, help="rules file (YAML)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
+    serve.add_argument("--port", type=int, default=8443, help="port to listen on (default: %(default)s)")
+    serve.add_argument(
+        "--cert-dir",
+        default="certs",
+        help="folder with tls.crt and tls.key; reloaded when they change (default: %(default)s)",
+    )
+    serve.add_argument(
+        "--no-generate-certs",
+        dest="generate_certs",
+        action="store_false",
+        help="fail instead of generating a development CA and certificate when --cert-dir has none",
+    )
+    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    serve.add_argument("--log-format", default="json", choices=["json", "text"])
+    serve.add_argument(
+        "--shutdown-delay",
+        type=float,
+        default=0.0,
+        help="seconds to keep serving after SIGTERM with readiness false (Kubernetes: ~5)",
+    )
+    serve.add_argument("--graceful-timeout", type=float, default=20.0, help="max seconds to drain in-flight requests")
+    serve.add_argument("--keep-alive", type=int, default=100, help="idle keep-alive seconds (default: %(default)s)")
+    serve.add_argument(
+        "--reload-interval",
+        type=float,
+        default=2.0,
+        help="seconds between checks of the rules and certificate files",
+    )
+    serve.add_argument("--max-body-bytes", type=int, default=4 * 1024 * 1024, help="larger requests get HTTP 413")
+    serve.set_defaults(func=cmd_serve)
+
+    mutate = sub.add_parser("mutate", help="apply the rules offline to pod manifests and print the result")
+    mutate.add_argument("--config", required=True, help="rules file (YAML)")
+    mutate.add_argument(
+        "files",
+        nargs="+",
+        metavar="FILE",
+        help="Pod YAML (multi-document allowed), AdmissionReview JSON, or -",
+    )
+    mutate.add_argument("-o", "--output", default="yaml", choices=["yaml", "json", "patch"])
+    mutate.set_defaults(func=cmd_mutate)
+
+    check = sub.add_parser("check-config", help="validate a rules file")
+    check.add_argument("file")
+    check.set_defaults(func=cmd_check_config)
+
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

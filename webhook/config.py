@@ -1,0 +1,122 @@
+"""The configuration file: rules plus which pods are in scope.
+
+Loading validates everything up front and names the offending rule, so a bad
+file is refused whole (at start-up, by ``check-config``, or by a live reload,
+which then keeps the previous configuration).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from webhook.rules import PatternError, Rule, RuleSet, validate_secret_name
+from webhook.selectors import LabelSelector, SelectorError, parse_label, parse_selector
+
+# Flyte labels every task pod (plugins included) with these two keys.
+DEFAULT_POD_SELECTOR: dict[str, Any] = {
+    "matchExpressions": [
+        {"key": "execution-id", "operator": "Exists"},
+        {"key": "node-id", "operator": "Exists"},
+    ]
+}
+DEFAULT_OPT_OUT_LABEL = "pullsecrets-injection=disabled"
+INJECTED_ANNOTATION = "pullsecrets-webhook/injected"
+
+_TOP_LEVEL_KEYS = {"rules", "podSelector", "optOutLabel", "warnUnmatched", "annotate"}
+_RULE_KEYS = {"registry", "secrets"}
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; the message says where and why."""
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """A validated, compiled configuration. Immutable: reloads swap whole objects."""
+
+    rules: RuleSet
+    pod_selector: LabelSelector
+    opt_out_label: tuple[str, str]
+    warn_unmatched: bool = True
+    annotate: bool = True
+    source: str = "<config>"
+
+
+def parse_config(data: Any, source: str = "<config>") -> Config:
+    """Build a Config from parsed YAML/JSON data."""
+    if data is None:
+        data = {}
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{source}: the configuration must be a mapping with a 'rules' list")
+    unknown = set(data) - _TOP_LEVEL_KEYS
+    if unknown:
+        raise ConfigError(f"{source}: unknown top-level key(s) {sorted(unknown)}; known: {sorted(_TOP_LEVEL_KEYS)}")
+    raw_rules = data.get("rules", [])
+    if raw_rules is None:
+        raw_rules = []
+    if not isinstance(raw_rules, list):
+        raise ConfigError(f"{source}: 'rules' must be a list")
+    rules = [_parse_rule(raw, i, source) for i, raw in enumerate(raw_rules)]
+    try:
+        selector = parse_selector(data.get("podSelector", DEFAULT_POD_SELECTOR), "podSelector")
+        opt_out = parse_label(data.get("optOutLabel", DEFAULT_OPT_OUT_LABEL))
+    except SelectorError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    flags = {}
+    for key in ("warnUnmatched", "annotate"):
+        value = data.get(key, True)
+        if not isinstance(value, bool):
+            raise ConfigError(f"{source}: {key!r} must be true or false, got {value!r}")
+        flags[key] = value
+    return Config(
+        rules=RuleSet(rules),
+        pod_selector=selector,
+        opt_out_label=opt_out,
+        warn_unmatched=flags["warnUnmatched"],
+        annotate=flags["annotate"],
+        source=source,
+    )
+
+
+def _parse_rule(raw: Any, index: int, source: str) -> Rule:
+    where = f"{source}: rules[{index}]"
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{where}: must be a mapping with 'registry' and 'secrets'")
+    where = f"{where} (registry {raw.get('registry')!r})"
+    unknown = set(raw) - _RULE_KEYS
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)}; known: {sorted(_RULE_KEYS)}")
+    secrets = raw.get("secrets")
+    if isinstance(secrets, str):
+        secrets = [secrets]
+    if not isinstance(secrets, list) or not secrets:
+        raise ConfigError(f"{where}: 'secrets' must be a non-empty list of Secret names")
+    try:
+        names = [validate_secret_name(s) for s in secrets]
+        return Rule.create(raw.get("registry"), dict.fromkeys(names))
+    except PatternError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def load_config_text(text: str | bytes, source: str = "<config>") -> Config:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source}: not valid YAML: {exc}") from None
+    return parse_config(data, source)
+
+
+def load_config(path: str | Path) -> Config:
+    path = Path(path)
+    try:
+        text = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    return load_config_text(text, str(path))

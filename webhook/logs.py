@@ -1,0 +1,74 @@
+"""Structured JSON logging: one object per line, fields under stable names.
+
+Log lines carry what an operator needs to trace an admission (uid, namespace,
+pod, outcome, secrets added) and never pod env values, secret data or keys:
+callers pass explicit ``fields``; nothing is dumped wholesale.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from typing import Any
+
+import orjson
+
+LOGGER_NAME = "pullsecrets_webhook"
+log = logging.getLogger(LOGGER_NAME)
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        fields = getattr(record, "fields", None)
+        if fields:
+            entry.update(fields)
+        if record.exc_info:
+            entry["error"] = self.formatException(record.exc_info)
+        return orjson.dumps(entry, default=str).decode()
+
+
+class TextFormatter(logging.Formatter):
+    """Readable one-line form for a terminal (``--log-format text``)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = f"{self.formatTime(record, '%H:%M:%S')} {record.levelname:<7} {record.getMessage()}"
+        fields = getattr(record, "fields", None)
+        if fields:
+            line += " " + " ".join(f"{k}={v}" for k, v in fields.items())
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        return line
+
+
+def setup_logging(level: str = "info", fmt: str = "json") -> None:
+    """Route our logs and uvicorn's through one handler and format."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    for name in ("uvicorn", "uvicorn.error"):
+        lg = logging.getLogger(name)
+        lg.handlers[:] = []
+        lg.propagate = True
+    # One line per admission is written by the app; the access log would double it.
+    logging.getLogger("uvicorn.access").disabled = True
+
+
+def info(msg: str, **fields: Any) -> None:
+    log.info(msg, extra={"fields": fields})
+
+
+def warning(msg: str, **fields: Any) -> None:
+    log.warning(msg, extra={"fields": fields})
+
+
+def error(msg: str, exc_info: bool = False, **fields: Any) -> None:
+    log.error(msg, exc_info=exc_info, extra={"fields": fields})

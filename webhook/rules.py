@@ -1,0 +1,269 @@
+"""Registry rules: which pull secrets an image's registry (and path) calls for.
+
+Matching follows the kubelet's semantics for ``matchImages`` in a
+CredentialProviderConfig and for docker config keys, so that a pattern an
+operator already wrote for one of those works here unchanged:
+
+* the image is normalized first (``ubuntu`` is ``docker.io/library/ubuntu``);
+* each dot-separated host label of the pattern may hold a glob (``*``, ``?``,
+  ``[...]``) that never spans a dot: ``*.azurecr.io`` does not match
+  ``a.b.azurecr.io``;
+* ports must be equal, and a pattern without a port matches only images
+  without one;
+* an optional pattern path is a prefix of the repository, compared segment by
+  segment (``ghcr.io/my-org`` does not leak to ``ghcr.io/my-organization``;
+  this is stricter than the kubelet's plain string prefix, on purpose, since a
+  credential is at stake);
+* ``https://``/``http://`` and a bare ``/v1/`` or ``/v2/`` path are ignored;
+* all spellings of Docker Hub are one registry.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from webhook.images import ImageReference, InvalidImageReference, normalize_registry_host, parse_image
+
+_GLOB_CHARS = frozenset("*?[")
+_HOST_LABEL_RE = re.compile(r"^[a-z0-9*?\[\]!^-]+$")
+_PATH_SEGMENT_RE = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*$")
+_PORT_RE = re.compile(r"^[0-9]{1,5}$")
+_SECRET_NAME_RE = re.compile(r"^[a-z0-9](?:[-a-z0-9]*[a-z0-9])?(?:\.[a-z0-9](?:[-a-z0-9]*[a-z0-9])?)*$")
+# Bounds the per-RuleSet memo of image -> secrets; a pod's images repeat a lot.
+_CACHE_LIMIT = 16384
+
+
+class PatternError(ValueError):
+    """A rule's registry pattern cannot be parsed."""
+
+
+@dataclass(frozen=True, slots=True)
+class Pattern:
+    """A parsed registry pattern."""
+
+    host: str  # lower-case, Docker Hub aliases folded to docker.io
+    port: str | None
+    path: tuple[str, ...]  # prefix segments of the repository
+    regex: re.Pattern[str] | None  # set when the host holds a glob
+
+    @property
+    def is_glob(self) -> bool:
+        return self.regex is not None
+
+    def matches(self, image: ImageReference) -> bool:
+        host, port = split_host_port(normalize_registry_host(image.registry))
+        return self.matches_parts(host, port, image.repository)
+
+    def matches_parts(self, host: str, port: str | None, repository: str) -> bool:
+        if port != self.port:
+            return False
+        if self.regex is None:
+            if host != self.host:
+                return False
+        elif not self.regex.fullmatch(host):
+            return False
+        return _path_has_prefix(repository, self.path)
+
+
+def _path_has_prefix(repository: str, prefix: tuple[str, ...]) -> bool:
+    if not prefix:
+        return True
+    segments = repository.split("/")
+    return len(segments) >= len(prefix) and tuple(segments[: len(prefix)]) == prefix
+
+
+def _is_ipv6_literal(hostport: str) -> bool:
+    # "[gq]cr.io" is a glob character class; only a colon inside makes it IPv6.
+    end = hostport.find("]")
+    return hostport.startswith("[") and end != -1 and ":" in hostport[:end]
+
+
+def split_host_port(hostport: str) -> tuple[str, str | None]:
+    """Split ``host[:port]``; IPv6 literals keep their brackets."""
+    if _is_ipv6_literal(hostport):
+        end = hostport.find("]")
+        if end != -1 and hostport[end + 1 : end + 2] == ":":
+            return hostport[: end + 1], hostport[end + 2 :]
+        return hostport, None
+    host, sep, port = hostport.rpartition(":")
+    if sep:
+        return host, port
+    return hostport, None
+
+
+def _label_regex(label: str, pattern: str) -> str:
+    """Translate one host label's glob to a regex that never crosses a dot."""
+    out: list[str] = []
+    i = 0
+    while i < len(label):
+        c = label[i]
+        if c == "*":
+            out.append("[^.]*")
+        elif c == "?":
+            out.append("[^.]")
+        elif c == "[":
+            end = label.find("]", i + 2)
+            if end == -1:
+                raise PatternError(f"registry pattern {pattern!r}: unterminated '[' in host")
+            body = label[i + 1 : end]
+            negate = body[:1] in ("!", "^")
+            if negate:
+                body = body[1:]
+            if not body:
+                raise PatternError(f"registry pattern {pattern!r}: empty character class in host")
+            out.append("[" + ("^." if negate else "") + re.escape(body).replace(r"\-", "-") + "]")
+            i = end
+        elif c in "]!^":
+            raise PatternError(f"registry pattern {pattern!r}: unexpected {c!r} in host")
+        else:
+            out.append(re.escape(c))
+        i += 1
+    return "".join(out)
+
+
+def parse_pattern(pattern: str) -> Pattern:
+    """Parse a rule's ``registry`` value; raises PatternError naming what is wrong."""
+    if not isinstance(pattern, str) or not pattern.strip():
+        raise PatternError(f"registry pattern must be a non-empty string, got {pattern!r}")
+    text = pattern.strip()
+    lowered = text.lower()
+    for scheme in ("https://", "http://"):
+        if lowered.startswith(scheme):
+            text = text[len(scheme) :]
+            break
+    hostport, _, path = text.partition("/")
+    path = path.rstrip("/")
+    if path in ("v1", "v2"):  # docker config keys such as https://index.docker.io/v1/
+        path = ""
+    if not hostport:
+        raise PatternError(f"registry pattern {pattern!r}: no host")
+    host, port = split_host_port(hostport.lower())
+    if port is not None and not _PORT_RE.match(port):
+        raise PatternError(f"registry pattern {pattern!r}: port {port!r} is not a number")
+    if _is_ipv6_literal(host):
+        if not re.fullmatch(r"\[[0-9a-f:]+\]", host):
+            raise PatternError(f"registry pattern {pattern!r}: invalid IPv6 host {host!r}")
+        labels = [host]
+    else:
+        labels = host.split(".")
+        for label in labels:
+            if not label or not _HOST_LABEL_RE.match(label):
+                raise PatternError(f"registry pattern {pattern!r}: invalid host label {label!r}")
+    segments = tuple(path.split("/")) if path else ()
+    for seg in segments:
+        if not _PATH_SEGMENT_RE.match(seg):
+            raise PatternError(
+                f"registry pattern {pattern!r}: path segment {seg!r} is not a valid lower-case repository path"
+            )
+    regex = None
+    if not _is_ipv6_literal(host) and any(c in _GLOB_CHARS for c in host):
+        regex = re.compile(r"\.".join(_label_regex(label, pattern) for label in labels))
+    else:
+        stray = next((c for c in host if c in "]!^"), None)
+        if stray and not _is_ipv6_literal(host):
+            raise PatternError(f"registry pattern {pattern!r}: unexpected {stray!r} in host")
+        host = normalize_registry_host(host)
+    return Pattern(host=host, port=port, path=segments, regex=regex)
+
+
+def image_matches(pattern: str, image: str) -> bool:
+    """Whether a rule's registry ``pattern`` covers the image reference ``image``."""
+    return parse_pattern(pattern).matches(parse_image(image))
+
+
+def validate_secret_name(name: object) -> str:
+    """Secret names are DNS subdomains (RFC 1123), at most 253 characters."""
+    if not isinstance(name, str) or len(name) > 253 or not _SECRET_NAME_RE.match(name):
+        raise ValueError(
+            f"secret name {name!r} is not a valid Kubernetes name "
+            "(lower-case alphanumerics, '-' and '.', at most 253 characters)"
+        )
+    return name
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """One configured rule: a registry pattern and the secrets it brings."""
+
+    registry: str
+    secrets: tuple[str, ...]
+    pattern: Pattern = field(compare=False, repr=False)
+
+    @classmethod
+    def create(cls, registry: str, secrets: Iterable[str]) -> Rule:
+        return cls(registry, tuple(secrets), parse_pattern(registry))
+
+
+class RuleSet:
+    """Rules compiled for lookup: exact hosts are indexed, only globs are scanned.
+
+    Immutable once built; a config reload builds a new one and swaps it in, so
+    readers never see a half-loaded rule list.
+    """
+
+    __slots__ = ("_cache", "_exact", "_globs", "rules")
+
+    def __init__(self, rules: Sequence[Rule]) -> None:
+        self.rules: tuple[Rule, ...] = tuple(rules)
+        self._exact: dict[tuple[str, str | None], list[tuple[int, Pattern]]] = {}
+        # Globs are grouped by (label count, port): a glob never spans a dot, so
+        # only patterns with the image host's label count can match.
+        self._globs: dict[tuple[int, str | None], list[tuple[int, Pattern]]] = {}
+        for index, rule in enumerate(self.rules):
+            p = rule.pattern
+            if p.is_glob:
+                key = (p.host.count(".") + 1, p.port)
+                self._globs.setdefault(key, []).append((index, p))
+            else:
+                self._exact.setdefault((p.host, p.port), []).append((index, p))
+        self._cache: dict[tuple[str, str], tuple[str, ...]] = {}
+
+    def __len__(self) -> int:
+        return len(self.rules)
+
+    def matching_rules(self, image: ImageReference) -> list[int]:
+        """Indexes of the rules that cover ``image``, in configuration order."""
+        host, port = split_host_port(normalize_registry_host(image.registry))
+        repo = image.repository
+        hits = [i for i, p in self._exact.get((host, port), ()) if _path_has_prefix(repo, p.path)]
+        label_count = 1 if _is_ipv6_literal(host) else host.count(".") + 1
+        for i, p in self._globs.get((label_count, port), ()):
+            if p.matches_parts(host, port, repo):
+                hits.append(i)
+        hits.sort()
+        return hits
+
+    def secrets_for(self, image: ImageReference) -> tuple[str, ...]:
+        """Secrets every matching rule contributes, deduplicated, in rule order."""
+        key = (image.registry, image.repository)
+        cached = self._cache.get(key)
+        if cached is not None:
+            return cached
+        seen: dict[str, None] = {}
+        for i in self.matching_rules(image):
+            for secret in self.rules[i].secrets:
+                seen.setdefault(secret, None)
+        result = tuple(seen)
+        if len(self._cache) >= _CACHE_LIMIT:
+            self._cache.clear()
+        self._cache[key] = result
+        return result
+
+    def secrets_for_reference(self, reference: str) -> tuple[str, ...]:
+        """Like secrets_for, from an image string; raises InvalidImageReference."""
+        return self.secrets_for(parse_image(reference))
+
+
+__all__ = [
+    "InvalidImageReference",
+    "Pattern",
+    "PatternError",
+    "Rule",
+    "RuleSet",
+    "image_matches",
+    "parse_pattern",
+    "split_host_port",
+    "validate_secret_name",
+]

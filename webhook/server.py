@@ -1,0 +1,122 @@
+"""Run the app under uvicorn over TLS, with live reloads and a graceful stop.
+
+Shutdown follows what a rolling update needs: on SIGTERM readiness turns
+false at once, the server keeps answering for ``shutdown_delay`` seconds
+while endpoints converge, then stops accepting and drains in-flight reviews
+for at most ``graceful_timeout`` seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+
+import uvicorn
+
+from webhook import logs, metrics
+from webhook.app import AppState, create_app
+from webhook.reloader import ConfigReloader
+from webhook.tls import ReloadingTLS
+
+# Go's HTTP transport (the apiserver's webhook client) drops idle connections
+# after 90s. Idling longer than the client means the client always closes
+# first, so it never sends a review on a connection we are closing.
+DEFAULT_KEEP_ALIVE = 100
+
+
+@dataclass
+class ServeOptions:
+    host: str = "127.0.0.1"
+    port: int = 8443
+    cert_dir: Path = Path("certs")
+    config_path: Path | None = None
+    shutdown_delay: float = 0.0
+    graceful_timeout: float = 20.0
+    keep_alive: int = DEFAULT_KEEP_ALIVE
+    reload_interval: float = 2.0
+    max_body_bytes: int = 4 * 1024 * 1024
+    limit_concurrency: int | None = None
+
+
+class WebhookServer(uvicorn.Server):
+    """uvicorn's server with a readiness-first, delayed stop."""
+
+    def __init__(self, config: uvicorn.Config, state: AppState, shutdown_delay: float) -> None:
+        super().__init__(config)
+        self.state = state
+        self.shutdown_delay = shutdown_delay
+        self._draining = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def serve(self, sockets: list | None = None) -> None:  # type: ignore[override]
+        self._loop = asyncio.get_running_loop()
+        await super().serve(sockets)
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self._draining or self.shutdown_delay <= 0 or self._loop is None:
+            self.state.ready = False
+            super().handle_exit(sig, frame)
+            return
+        self._draining = True
+        self.state.ready = False
+        logs.info("termination requested; not ready, serving on before stop", delay_s=self.shutdown_delay)
+        self._loop.call_soon_threadsafe(self._loop.call_later, self.shutdown_delay, super().handle_exit, sig, frame)
+
+
+def build_server(options: ServeOptions, state: AppState, tls: ReloadingTLS) -> WebhookServer:
+    def ssl_factory(_config: uvicorn.Config, _default: object) -> ssl.SSLContext:
+        return tls.ssl_context
+
+    config = uvicorn.Config(
+        create_app(state),
+        host=options.host,
+        port=options.port,
+        loop="uvloop",
+        http="httptools",
+        lifespan="off",
+        ssl_context_factory=ssl_factory,
+        access_log=False,
+        log_config=None,
+        server_header=False,
+        timeout_keep_alive=options.keep_alive,
+        timeout_graceful_shutdown=int(options.graceful_timeout),
+        limit_concurrency=options.limit_concurrency,
+    )
+    return WebhookServer(config, state, options.shutdown_delay)
+
+
+async def serve(options: ServeOptions, state: AppState, tls: ReloadingTLS) -> None:
+    server = build_server(options, state, tls)
+    tasks = [asyncio.create_task(_watch_tls(tls, options.reload_interval))]
+    if options.config_path is not None:
+        reloader = ConfigReloader(options.config_path, state)
+        tasks.append(asyncio.create_task(reloader.watch(options.reload_interval)))
+    try:
+        await server.serve()
+    finally:
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+async def _watch_tls(tls: ReloadingTLS, interval: float) -> None:
+    metrics.CERT_EXPIRY.set(tls.not_after().timestamp())
+    while True:
+        await asyncio.sleep(interval)
+        if tls.reload_if_changed():
+            metrics.CERT_EXPIRY.set(tls.not_after().timestamp())
+
+
+def run(options: ServeOptions, state: AppState, tls: ReloadingTLS) -> None:
+    import uvloop
+
+    uvloop.run(serve(options, state, tls))
+
+
+__all__ = ["ServeOptions", "WebhookServer", "build_server", "run", "serve"]
