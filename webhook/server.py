@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -51,6 +52,14 @@ class WebhookServer(uvicorn.Server):
         self.shutdown_delay = shutdown_delay
         self._draining = False
         self._loop: asyncio.AbstractEventLoop | None = None
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        # uvicorn re-raises the signal after a graceful stop, so the process would die
+        # by SIGTERM; a drained, orderly stop should exit 0 instead.
+        with super().capture_signals():
+            yield
+            self._captured_signals.clear()
 
     async def serve(self, sockets: list | None = None) -> None:  # type: ignore[override]
         self._loop = asyncio.get_running_loop()

@@ -1,0 +1,141 @@
+"""The CLI's HTTPS server as a real subprocess: generated certificates, a real TLS client."""
+
+import signal
+import ssl
+import stat
+import subprocess
+import sys
+
+import httpx
+import jsonpatch
+import orjson
+import pytest
+
+from tests.reviews import ECR_IMAGE, decode_patch, flyte_pod, review_for
+from tests.webhook_process import REPO, WebhookProcess
+
+CONFIG = REPO / "examples" / "rules.yaml"
+
+
+@pytest.fixture(scope="module")
+def webhook(tmp_path_factory):
+    base = tmp_path_factory.mktemp("serve")
+    with WebhookProcess(CONFIG, base / "certs") as proc:
+        yield proc
+
+
+def test_generated_certificates_are_in_the_cert_dir_with_a_private_key_file(webhook):
+    for name in ("ca.crt", "tls.crt", "tls.key"):
+        assert (webhook.cert_dir / name).is_file()
+    assert stat.S_IMODE((webhook.cert_dir / "tls.key").stat().st_mode) == 0o600
+
+
+@pytest.mark.parametrize(
+    ("images", "existing", "expected"),
+    [
+        ([ECR_IMAGE, "ubuntu"], None, ["ecr-pull", "dockerhub"]),
+        (["ghcr.io/my-org/app:1"], [{"name": "mine"}], ["mine", "ghcr-my-org"]),
+        (["localhost:5000/tools/x"], [{"name": "local-registry"}], ["local-registry"]),
+    ],
+)
+def test_https_review_yields_a_patch_that_applies(webhook, images, existing, expected):
+    pod = flyte_pod(*images)
+    if existing is not None:
+        pod["spec"]["imagePullSecrets"] = existing
+    with httpx.Client(verify=webhook.ssl_context()) as client:
+        r = client.post(
+            webhook.url + "?timeout=10s",
+            content=orjson.dumps(review_for(pod)),
+            headers={"content-type": "application/json"},
+        )
+    assert r.status_code == 200
+    patched = jsonpatch.apply_patch(pod, decode_patch(r.json()["response"]))
+    assert [s["name"] for s in patched["spec"]["imagePullSecrets"]] == expected
+
+
+@pytest.mark.parametrize("host", ["localhost", "127.0.0.1"])
+def test_certificate_is_valid_for_loopback_names(webhook, host):
+    with httpx.Client(verify=webhook.ssl_context()) as client:
+        assert client.get(f"https://{host}:{webhook.port}/healthz").status_code == 200
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_tls_below_1_2_is_refused(webhook):
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.load_verify_locations(webhook.ca_file)
+    ctx.minimum_version = ctx.maximum_version = ssl.TLSVersion.TLSv1_1
+    try:
+        ctx.set_ciphers("ALL:@SECLEVEL=0")
+    except ssl.SSLError:
+        pass
+    with pytest.raises((ssl.SSLError, httpx.ConnectError)), httpx.Client(verify=ctx) as client:
+        client.get(webhook.base_url + "/healthz")
+
+
+def test_ipv6_loopback(tmp_path):
+    with WebhookProcess(CONFIG, tmp_path / "certs", host="::1") as proc, httpx.Client(verify=proc.ssl_context()) as c:
+        assert c.get(proc.base_url + "/readyz").status_code == 200
+
+
+def test_sigterm_exits_cleanly(tmp_path):
+    proc = WebhookProcess(CONFIG, tmp_path / "certs").start()
+    proc.signal(signal.SIGTERM)
+    assert proc.proc.wait(15) == 0
+    proc.stop()
+
+
+def run_cli(*args, stdin=None):
+    return subprocess.run(
+        [sys.executable, "-m", "webhook", *args], cwd=REPO, capture_output=True, text=True, input=stdin, timeout=60
+    )
+
+
+def test_serve_refuses_a_bad_config_with_a_clear_message(tmp_path):
+    bad = tmp_path / "rules.yaml"
+    bad.write_text("rules: [{registry: ghcr.io, secrets: []}]")
+    r = run_cli("serve", "--config", str(bad), "--cert-dir", str(tmp_path / "c"), "--port", "0")
+    assert r.returncode == 1
+    assert "rules[0] (registry 'ghcr.io'): 'secrets' must be a non-empty list" in r.stderr
+
+
+def test_check_config():
+    r = run_cli("check-config", str(CONFIG))
+    assert r.returncode == 0
+    assert "OK: 6 rules (2 with globs)" in r.stdout
+
+
+@pytest.mark.parametrize(
+    ("pod_file", "expected"),
+    [
+        ("task-pod.yaml", ["ecr-pull"]),
+        ("spark-driver.yaml", ["team-default", "ghcr-my-org", "dockerhub"]),
+        ("ray-head.yaml", ["local-registry", "gitlab-pull"]),
+    ],
+)
+def test_mutate_example_pods(pod_file, expected):
+    r = run_cli("mutate", "--config", str(CONFIG), str(REPO / "examples" / "pods" / pod_file), "-o", "json")
+    assert r.returncode == 0, r.stderr
+    pod = orjson.loads(r.stdout)
+    assert [s["name"] for s in pod["spec"]["imagePullSecrets"]] == expected
+    assert "patched; added:" in r.stderr
+
+
+def test_mutate_reads_multi_document_yaml_from_stdin():
+    docs = "\n---\n".join((REPO / "examples" / "pods" / f).read_text() for f in ("task-pod.yaml", "ray-head.yaml"))
+    r = run_cli("mutate", "--config", str(CONFIG), "-", stdin=docs + "\n---\nkind: Service\n")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count("imagePullSecrets") == 2
+    assert "skipping a Service document" in r.stderr
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [("{not json", "not valid YAML or JSON"), ("- a\n- b\n", "not a mapping"), (None, "cannot read input")],
+)
+def test_mutate_bad_input_exits_non_zero(tmp_path, content, message):
+    path = tmp_path / "in.yaml"
+    if content is not None:
+        path.write_text(content)
+    r = run_cli("mutate", "--config", str(CONFIG), str(path))
+    assert r.returncode == 1
+    assert message in r.stderr
