@@ -13,6 +13,7 @@ import orjson
 import yaml
 
 from webhook import __version__, logs
+from webhook.certplan import CertOptions
 from webhook.config import Config, ConfigError, load_config
 from webhook.mutation import Outcome, mutate_pod
 
@@ -42,6 +43,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return _fail(str(exc))
     cert_dir = Path(args.cert_dir)
     certfile, keyfile = cert_dir / "tls.crt", cert_dir / "tls.key"
+    cert_manager = None
+    if args.manage_certs:
+        if not (args.namespace and args.service and args.secret):
+            return _fail("--manage-certs needs --namespace, --service and --secret")
+        from webhook.kubecerts import CertManagerLoop
+
+        try:
+            cert_manager = CertManagerLoop(_cert_options(args), cert_dir, args.kubeconfig, args.cert_check_interval)
+            cert_manager.run_once()
+        except Exception as exc:
+            return _fail(f"cannot set up certificates in the cluster: {type(exc).__name__}: {exc}")
     if not (certfile.exists() and keyfile.exists()):
         if not args.generate_certs:
             return _fail(f"no tls.crt/tls.key in {cert_dir} and --no-generate-certs was given")
@@ -66,6 +78,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         keep_alive=args.keep_alive,
         reload_interval=args.reload_interval,
         max_body_bytes=args.max_body_bytes,
+        cert_manager=cert_manager,
     )
     logs.info(
         "serving",
@@ -159,6 +172,76 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# ---------------------------------------------------------------- init-certs
+def _cert_options(args: argparse.Namespace) -> CertOptions:
+    from datetime import timedelta
+
+    return CertOptions(
+        namespace=args.namespace,
+        service=args.service,
+        secret=args.secret,
+        webhook_config=args.webhook_config,
+        cluster_domain=args.cluster_domain,
+        extra_dns_names=tuple(args.extra_dns or ()),
+        extra_ip_addresses=tuple(args.extra_ip or ()),
+        key_type=args.key_type,
+        ca_validity=timedelta(days=args.ca_validity_days),
+        cert_validity=timedelta(days=args.cert_validity_days),
+        renew_before=timedelta(days=args.renew_before_days),
+        ca_renew_before=timedelta(days=args.ca_renew_before_days),
+        rotation_overlap=timedelta(seconds=args.rotation_overlap),
+        rotate_ca=getattr(args, "rotate_ca", False),
+    )
+
+
+def cmd_init_certs(args: argparse.Namespace) -> int:
+    from webhook.kubecerts import api_client, ensure_certificates
+
+    logs.setup_logging(args.log_level, args.log_format)
+    opts = _cert_options(args)
+    try:
+        api = api_client(args.kubeconfig)
+        result = ensure_certificates(api, opts, Path(args.cert_dir) if args.cert_dir else None)
+    except Exception as exc:
+        logs.error("init-certs failed", reason=f"{type(exc).__name__}: {exc}")
+        return EXIT_ERROR
+    logs.info(
+        "certificates ready",
+        secret=f"{opts.namespace}/{opts.secret}",
+        changed=result.secret_written,
+        reasons=result.reasons,
+        webhooks_patched=result.webhooks_patched,
+        files_written=result.files_written,
+        expires=result.material and _expiry(result.material.leaf.cert_pem),
+    )
+    return EXIT_OK
+
+
+def _expiry(cert_pem: bytes) -> str:
+    from webhook.certs import not_after
+
+    return not_after(cert_pem).isoformat()
+
+
+def _add_cert_arguments(p: argparse.ArgumentParser, *, required: bool) -> None:
+    p.add_argument("--namespace", required=required, help="namespace of the webhook's Service and Secret")
+    p.add_argument("--service", required=required, help="the webhook's Service name (for the certificate SANs)")
+    p.add_argument("--secret", required=required, help="the TLS Secret to create or reuse")
+    p.add_argument("--webhook-config", help="MutatingWebhookConfiguration whose caBundle to keep current")
+    p.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster, then $KUBECONFIG)")
+    p.add_argument("--cluster-domain", default="cluster.local")
+    p.add_argument("--extra-dns", action="append", metavar="NAME", help="extra DNS SAN (repeatable)")
+    p.add_argument("--extra-ip", action="append", metavar="IP", help="extra IP SAN (repeatable)")
+    p.add_argument("--key-type", default="ecdsa", choices=["ecdsa", "rsa"], help="ECDSA P-256 or RSA 2048")
+    p.add_argument("--ca-validity-days", type=float, default=3650)
+    p.add_argument("--cert-validity-days", type=float, default=90)
+    p.add_argument("--renew-before-days", type=float, default=30, help="renew the serving cert this early")
+    p.add_argument("--ca-renew-before-days", type=float, default=365, help="start a CA rotation this early")
+    p.add_argument(
+        "--rotation-overlap", type=float, default=600, help="seconds each CA rotation phase lasts (default: 600)"
+    )
+
+
 # ---------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -200,7 +283,26 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds between checks of the rules and certificate files",
     )
     serve.add_argument("--max-body-bytes", type=int, default=4 * 1024 * 1024, help="larger requests get HTTP 413")
+    serve.add_argument(
+        "--manage-certs",
+        action="store_true",
+        help="keep the TLS Secret, caBundle and --cert-dir current (renewal, CA rotation); needs --namespace,"
+        " --service and --secret",
+    )
+    serve.add_argument("--cert-check-interval", type=float, default=300, help="seconds between certificate checks")
+    _add_cert_arguments(serve, required=False)
     serve.set_defaults(func=cmd_serve)
+
+    init = sub.add_parser(
+        "init-certs",
+        help="create or reuse the TLS Secret, renew it when due, publish the CA as caBundle, write --cert-dir",
+    )
+    _add_cert_arguments(init, required=True)
+    init.add_argument("--cert-dir", help="also write ca.crt, tls.crt and tls.key here")
+    init.add_argument("--rotate-ca", action="store_true", help="start a CA rotation now (completed by serve)")
+    init.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    init.add_argument("--log-format", default="json", choices=["json", "text"])
+    init.set_defaults(func=cmd_init_certs)
 
     mutate = sub.add_parser("mutate", help="apply the rules offline to pod manifests and print the result")
     mutate.add_argument("--config", required=True, help="rules file (YAML)")

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
+from typing import Protocol
 
 import uvicorn
 
@@ -41,6 +42,13 @@ class ServeOptions:
     reload_interval: float = 2.0
     max_body_bytes: int = 4 * 1024 * 1024
     limit_concurrency: int | None = None
+    cert_manager: CertManager | None = None
+
+
+class CertManager(Protocol):
+    """Keeps the certificate files current (e.g. webhook.kubecerts.CertManagerLoop)."""
+
+    async def watch(self) -> None: ...
 
 
 class WebhookServer(uvicorn.Server):
@@ -101,6 +109,8 @@ def build_server(options: ServeOptions, state: AppState, tls: ReloadingTLS) -> W
 async def serve(options: ServeOptions, state: AppState, tls: ReloadingTLS) -> None:
     server = build_server(options, state, tls)
     tasks = [asyncio.create_task(_watch_tls(tls, options.reload_interval))]
+    if options.cert_manager is not None:
+        tasks.append(asyncio.create_task(options.cert_manager.watch()))
     if options.config_path is not None:
         reloader = ConfigReloader(options.config_path, state)
         tasks.append(asyncio.create_task(reloader.watch(options.reload_interval)))
