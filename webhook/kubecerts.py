@@ -87,7 +87,11 @@ def _read_webhook_config(admission: Any, opts: CertOptions) -> dict[str, Any] | 
 
 
 def _secret_body(
-    opts: CertOptions, material: Material, resource_version: str | None, labels: dict[str, str] | None
+    opts: CertOptions,
+    material: Material,
+    resource_version: str | None,
+    labels: dict[str, str] | None,
+    secret_type: str | None = None,
 ) -> dict[str, Any]:
     data, annotations = material.to_secret()
     metadata: dict[str, Any] = {
@@ -98,7 +102,9 @@ def _secret_body(
     }
     if resource_version:
         metadata["resourceVersion"] = resource_version
-    return {"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls", "metadata": metadata, "data": data}
+    # A Secret's type is immutable: an existing one (say, Opaque made by hand) keeps its type.
+    kind = secret_type or "kubernetes.io/tls"
+    return {"apiVersion": "v1", "kind": "Secret", "type": kind, "metadata": metadata, "data": data}
 
 
 def ensure_certificates(
@@ -135,7 +141,7 @@ def ensure_certificates(
                 )
             else:
                 meta = secret.get("metadata") or {}
-                body = _secret_body(opts, material, meta.get("resourceVersion"), meta.get("labels"))
+                body = _secret_body(opts, material, meta.get("resourceVersion"), meta.get("labels"), secret.get("type"))
                 core.replace_namespaced_secret(opts.secret, opts.namespace, body, field_manager=FIELD_MANAGER)
         except ApiException as exc:
             if exc.status == 409:  # another replica wrote first: read its result and judge again
