@@ -57,7 +57,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if not (certfile.exists() and keyfile.exists()):
         if not args.generate_certs:
             return _fail(f"no tls.crt/tls.key in {cert_dir} and --no-generate-certs was given")
-        ensure_dev_certs(cert_dir)
+        try:
+            ensure_dev_certs(cert_dir)
+        except (FileExistsError, OSError) as exc:
+            return _fail(f"cannot generate development certificates in {cert_dir}: {exc}")
         logs.info(
             "generated a development CA and serving certificate (localhost, 127.0.0.1, ::1)",
             ca=str(cert_dir / "ca.crt"),

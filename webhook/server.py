@@ -128,7 +128,8 @@ async def _watch_tls(tls: ReloadingTLS, interval: float) -> None:
     metrics.CERT_EXPIRY.set(tls.not_after().timestamp())
     while True:
         await asyncio.sleep(interval)
-        if tls.reload_if_changed():
+        # File reads and context building take milliseconds: keep them off the event loop.
+        if await asyncio.to_thread(tls.reload_if_changed):
             metrics.CERT_EXPIRY.set(tls.not_after().timestamp())
 
 
