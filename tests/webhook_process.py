@@ -81,7 +81,7 @@ class WebhookProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc is not None and self.proc.poll() is not None:
-                raise RuntimeError(f"webhook exited with {self.proc.returncode}:\n{self.log()}")
+                raise RuntimeError(f"webhook exited with {self.proc.returncode}:\n{self.log(8000)}")
             if self.ca_file.exists():
                 try:
                     with urllib.request.urlopen(self.base_url + "/readyz", context=self.ssl_context(), timeout=1) as r:
@@ -90,11 +90,12 @@ class WebhookProcess:
                 except OSError:
                     pass
             time.sleep(0.1)
-        raise TimeoutError(f"webhook not ready after {timeout}s:\n{self.log()}")
+        raise TimeoutError(f"webhook not ready after {timeout}s:\n{self.log(8000)}")
 
-    def log(self) -> str:
+    def log(self, tail: int | None = None) -> str:
         try:
-            return self.log_path.read_text(errors="replace")[-8000:]
+            text = self.log_path.read_text(errors="replace")
+            return text[-tail:] if tail else text
         except OSError:
             return ""
 

@@ -9,6 +9,8 @@ never to a 500 that failurePolicy could turn into a lost pod.
 
 from __future__ import annotations
 
+import asyncio
+import re
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +24,8 @@ from webhook.admission import ReviewError, make_response, parse_review, review
 from webhook.config import Config
 
 DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024  # etcd caps objects at ~1.5 MiB; a review wraps one
+DEFAULT_BODY_TIMEOUT = 10.0  # the apiserver's own default webhook timeout
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m)$")
 _JSON = "application/json"
 
 
@@ -32,6 +36,7 @@ class AppState:
     config: Config
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     ready: bool = True
+    body_timeout: float = DEFAULT_BODY_TIMEOUT
 
 
 def _error(status: int, message: str) -> Response:
@@ -51,6 +56,21 @@ async def read_body(request: Request, limit: int) -> bytes:
             raise ReviewError(f"request body exceeds the limit of {limit} bytes", 413)
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def request_deadline(query_timeout: str | None, default: float) -> float:
+    """Seconds to allow for reading the body: the apiserver's ``?timeout=`` if shorter.
+
+    Past its timeout the apiserver has given up on us (and applied failurePolicy),
+    so work beyond it only holds resources.
+    """
+    if query_timeout:
+        match = _DURATION.match(query_timeout)
+        if match:
+            value = float(match.group(1)) * {"ms": 0.001, "s": 1.0, "m": 60.0}[match.group(2)]
+            if value > 0:
+                return min(value, default)
+    return default
 
 
 def _record(decision_fields: dict[str, Any], started: float) -> None:
@@ -77,7 +97,12 @@ def create_app(state: AppState) -> FastAPI:
             metrics.ADMISSIONS.labels("invalid").inc()
             return _error(415, f"unsupported content type {ctype!r}: send {_JSON}")
         try:
-            body = await read_body(request, state.max_body_bytes)
+            deadline = request_deadline(request.query_params.get("timeout"), state.body_timeout)
+            try:
+                async with asyncio.timeout(deadline):
+                    body = await read_body(request, state.max_body_bytes)
+            except TimeoutError:
+                raise ReviewError(f"request body not received within {deadline:g}s", 408) from None
             review_obj = parse_review(body)
         except ReviewError as exc:
             metrics.ADMISSIONS.labels("invalid").inc()

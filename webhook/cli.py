@@ -70,7 +70,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         tls = ReloadingTLS(certfile, keyfile)
     except (OSError, ValueError) as exc:
         return _fail(f"cannot load the serving certificate from {cert_dir}: {exc}")
-    state = AppState(config=config, max_body_bytes=args.max_body_bytes)
+    state = AppState(config=config, max_body_bytes=args.max_body_bytes, body_timeout=args.body_timeout)
     options = ServeOptions(
         host=args.host,
         port=args.port,
@@ -82,6 +82,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         reload_interval=args.reload_interval,
         max_body_bytes=args.max_body_bytes,
         cert_manager=cert_manager,
+        header_timeout=args.header_timeout,
     )
     logs.info(
         "serving",
@@ -286,6 +287,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds between checks of the rules and certificate files",
     )
     serve.add_argument("--max-body-bytes", type=int, default=4 * 1024 * 1024, help="larger requests get HTTP 413")
+    serve.add_argument(
+        "--header-timeout", type=float, default=10.0, help="close connections whose request headers take longer"
+    )
+    serve.add_argument(
+        "--body-timeout",
+        type=float,
+        default=10.0,
+        help="answer 408 when a body takes longer (or the apiserver's ?timeout=, if shorter)",
+    )
     serve.add_argument(
         "--manage-certs",
         action="store_true",

@@ -21,6 +21,7 @@ import uvicorn
 
 from webhook import logs, metrics
 from webhook.app import AppState, create_app
+from webhook.protocol import DEFAULT_HEADER_TIMEOUT, protocol_with_header_timeout
 from webhook.reloader import ConfigReloader
 from webhook.tls import ReloadingTLS
 
@@ -42,6 +43,7 @@ class ServeOptions:
     reload_interval: float = 2.0
     max_body_bytes: int = 4 * 1024 * 1024
     limit_concurrency: int | None = None
+    header_timeout: float = DEFAULT_HEADER_TIMEOUT
     cert_manager: CertManager | None = None
 
 
@@ -93,7 +95,7 @@ def build_server(options: ServeOptions, state: AppState, tls: ReloadingTLS) -> W
         host=options.host,
         port=options.port,
         loop="uvloop",
-        http="httptools",
+        http=protocol_with_header_timeout(options.header_timeout),
         lifespan="off",
         ssl_context_factory=ssl_factory,
         access_log=False,
