@@ -78,7 +78,7 @@ def test_serving_certificate_is_renewed_near_or_past_expiry_with_the_same_ca(ini
     now = T0 + timedelta(days=days)
     material, reasons = plan(initial, OPTS, now=now)
     assert reasons
-    assert ("renewed" in reasons[0] or "re-issued" in reasons[0])
+    assert "renewed" in reasons[0] or "re-issued" in reasons[0]
     assert material.signer == initial.signer
     assert material.bundle == initial.bundle
     assert material.leaf != initial.leaf
@@ -192,3 +192,20 @@ def test_unreadable_secret_is_replaced_and_the_reason_is_kept():
     material, reasons = plan(None, OPTS, now=T0, invalid_reason="Secret flyte/x unusable (lacks tls.key)")
     assert reasons == ["Secret flyte/x unusable (lacks tls.key): created a new CA and serving certificate"]
     assert valid(material, T0)
+
+
+def test_long_service_and_namespace_names_fit_x509_limits():
+    opts = CertOptions(
+        namespace="flyte-pullsecrets-production-cluster",
+        service="pullsecrets-flyte-pullsecrets-webhook",
+        secret="x",
+    )
+    material, _ = plan(None, opts, now=T0)
+    assert (
+        verify_serving_cert(
+            material.bundle_pem, material.leaf.cert_pem, material.leaf.key_pem, dns_names=opts.dns_names, now=T0
+        )
+        == []
+    )
+    rotated, _ = plan(material, CertOptions(**{**opts.__dict__, "rotate_ca": True}), now=T0)
+    assert rotated.next_ca is not None

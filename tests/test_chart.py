@@ -1261,17 +1261,7 @@ SELF_MODE_ACCESS = [
     [
         pytest.param("fpw-{id}", "fpw", {"fullnameOverride": "fpw-{id}"}, id="short-names"),
         # What docs/helm.md suggests: release "pullsecrets" in a "flyte-pullsecrets" namespace.
-        pytest.param(
-            "pullsecrets",
-            "flyte-pullsecrets",
-            {},
-            id="documented-names",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="certplan's CA common name '<service>.<namespace> webhook CA' exceeds the 64 characters "
-                "X.509 allows once service + namespace pass 52 characters",
-            ),
-        ),
+        pytest.param("pullsecrets", "flyte-pullsecrets", {}, id="documented-names"),
     ],
 )
 def test_self_mode_runs_with_the_chart_rbac(

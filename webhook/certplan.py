@@ -169,17 +169,20 @@ def _new_leaf(signer: KeyPair, opts: CertOptions, now: datetime) -> KeyPair:
         signer,
         dns_names=opts.dns_names,
         ip_addresses=opts.extra_ip_addresses,
-        common_name=f"{opts.service}.{opts.namespace}.svc",
+        common_name=None,  # certs picks the first SAN that fits X.509's 64-character limit
         key_type=opts.key_type,
         validity=opts.cert_validity,
         now=now,
     )
 
 
+def _ca_name(opts: CertOptions) -> str:
+    # X.509 caps a common name at 64 characters; release-derived names easily exceed it.
+    return f"{opts.service}.{opts.namespace} webhook CA"[-64:].lstrip(".- ")
+
+
 def fresh(opts: CertOptions, now: datetime) -> Material:
-    signer = generate_ca(
-        f"{opts.service}.{opts.namespace} webhook CA", key_type=opts.key_type, validity=opts.ca_validity, now=now
-    )
+    signer = generate_ca(_ca_name(opts), key_type=opts.key_type, validity=opts.ca_validity, now=now)
     return Material(signer=signer, leaf=_new_leaf(signer, opts, now), bundle=(signer.cert_pem,))
 
 
@@ -243,9 +246,7 @@ def plan(
     elif m.phase is None and (
         opts.rotate_ca or needs_renewal(m.signer.cert_pem, renew_before=opts.ca_renew_before, now=now)
     ):
-        next_ca = generate_ca(
-            f"{opts.service}.{opts.namespace} webhook CA", key_type=opts.key_type, validity=opts.ca_validity, now=now
-        )
+        next_ca = generate_ca(_ca_name(opts), key_type=opts.key_type, validity=opts.ca_validity, now=now)
         m = replace(
             m, next_ca=next_ca, bundle=(signer_pem, _normalised(next_ca.cert_pem)), phase=NEXT_PUBLISHED, since=now
         )
