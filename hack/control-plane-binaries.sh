@@ -28,24 +28,44 @@ if [[ -n "${KUBEBUILDER_ASSETS:-}" && -x "$KUBEBUILDER_ASSETS/kube-apiserver" &&
   exit 0
 fi
 
+# A cached binary counts only if it reports the pinned version: an unstamped or stale build
+# (e.g. `/version` saying v0.0.0-master) is rebuilt rather than trusted.
+reports() { # binary, expected substring of its version output, version arguments...
+  local bin="$1" want="$2" out; shift 2
+  [[ -x "$bin" ]] && out="$("$bin" "$@" 2>/dev/null)" && [[ "$out" == *"$want"* ]]
+}
+have_kube_apiserver() { reports "$OUT/kube-apiserver" "Kubernetes $KUBE_VERSION" --version; }
+have_etcd() { reports "$OUT/etcd" "etcd Version: ${ETCD_VERSION#v}" --version; }
+have_helm() { reports "$OUT/helm" "$HELM_VERSION" version --template '{{.Version}}'; }
+
+if have_etcd && have_helm && have_kube_apiserver; then
+  log "ready (cached): $OUT"
+  echo "$OUT"
+  exit 0
+fi
+
 command -v go >/dev/null || { log "go is not installed: install Go or set KUBEBUILDER_ASSETS to envtest binaries"; exit 3; }
 
 mkdir -p "$OUT" "$WORK"
-# Two clones building at once would race on the same output: serialise.
-exec 9>"$OUT/.lock"
+# Two clones building at once would race on the same output and on the shared work folder: serialise.
+exec 9>"$WORK/.lock"
 flock 9
 
-# Go prints nothing while it downloads and compiles; a heartbeat shows it is alive.
+# Go prints nothing while it downloads and compiles; a heartbeat shows it is alive. It must not
+# hold the lock (fd 9) nor outlive the script, or an interrupted build blocks the next one forever.
+HEARTBEAT_PID=""
 heartbeat() { while sleep 30; do log "  ... still building $1"; done; }
+stop_heartbeat() { [[ -z "$HEARTBEAT_PID" ]] || kill "$HEARTBEAT_PID" 2>/dev/null || true; HEARTBEAT_PID=""; }
+trap stop_heartbeat EXIT
 
 run_step() { # name, then the command
   local name="$1"; shift
-  heartbeat "$name" & local hb=$!
+  heartbeat "$name" 9>&- & HEARTBEAT_PID=$!
   if ! "$@" >"$WORK/$name.log" 2>&1; then
-    kill "$hb" 2>/dev/null || true
+    stop_heartbeat
     log "FAILED: $name; last lines of $WORK/$name.log:"; tail -n 40 "$WORK/$name.log" >&2; exit 1
   fi
-  kill "$hb" 2>/dev/null || true
+  stop_heartbeat
 }
 
 fresh_module() { # dir
@@ -97,13 +117,17 @@ build_helm() {
   log "helm $HELM_VERSION: go install"
   local dir="$WORK/helm-$HELM_VERSION"
   rm -rf "$dir"; mkdir -p "$dir"
-  CGO_ENABLED=0 GOBIN="$dir" run_step helm-install go install -trimpath -ldflags "-s -w" "helm.sh/helm/v4/cmd/helm@$HELM_VERSION"
+  # Stamp the full version as helm's release build does; otherwise `helm version` says only "v4.3".
+  local ld="-s -w -X helm.sh/helm/v4/internal/version.version=$HELM_VERSION"
+  ld+=" -X helm.sh/helm/v4/internal/version.gitTreeState=clean"
+  CGO_ENABLED=0 GOBIN="$dir" run_step helm-install go install -trimpath -ldflags "$ld" "helm.sh/helm/v4/cmd/helm@$HELM_VERSION"
   mv "$dir/helm" "$OUT/helm"
 }
 
-[[ -x "$OUT/etcd" ]] || build_etcd
-[[ -x "$OUT/helm" ]] || build_helm
-[[ -x "$OUT/kube-apiserver" ]] || build_kube_apiserver
+# Checked again under the lock: another clone may have built them meanwhile.
+have_etcd || build_etcd
+have_helm || build_helm
+have_kube_apiserver || build_kube_apiserver
 
 log "ready: $OUT"
 echo "$OUT"

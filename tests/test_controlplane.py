@@ -1,0 +1,237 @@
+"""The test control plane itself: binary discovery, the real apiserver, helm, and a clean teardown."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+import kubernetes.client
+import pytest
+from kubernetes.client.rest import ApiException
+
+from tests import controlplane
+from tests.controlplane import (
+    KUBE_VERSION,
+    Binaries,
+    ControlPlane,
+    ControlPlaneError,
+    delete_mutating_webhook,
+    find_binaries,
+    port_is_free,
+    register_mutating_webhook,
+)
+
+# --------------------------------------------------------------------------------------------------
+# Binary discovery (no control plane needed)
+# --------------------------------------------------------------------------------------------------
+
+_ENV = ("TEST_ASSET_KUBE_APISERVER", "TEST_ASSET_ETCD", "TEST_ASSET_HELM", "KUBEBUILDER_ASSETS", "CI")
+
+
+def _fake_bin(folder: Path, name: str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    path.write_text("#!/bin/sh\nexit 0\n")
+    path.chmod(0o755)
+    return path
+
+
+@pytest.fixture
+def clean_env(monkeypatch, tmp_path):
+    """No discovery variables, an empty cache and no helm on PATH."""
+    for var in _ENV:
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("FPW_CONTROL_PLANE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("PATH", str(tmp_path / "empty-path"))
+    return monkeypatch
+
+
+def test_cache_dir_matches_the_build_script(monkeypatch, tmp_path):
+    monkeypatch.delenv("FPW_CONTROL_PLANE_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    expected = tmp_path / "flyte-pullsecrets-webhook/control-plane/k8s-v1.36.3_etcd-v3.6.16_helm-v4.3.2"
+    assert controlplane.cache_dir() == expected
+    monkeypatch.setenv("FPW_CONTROL_PLANE_DIR", str(tmp_path / "elsewhere"))
+    assert controlplane.cache_dir() == tmp_path / "elsewhere"
+
+
+def test_explicit_assets_win(clean_env, tmp_path):
+    api = _fake_bin(tmp_path / "a", "my-apiserver")
+    etcd = _fake_bin(tmp_path / "b", "my-etcd")
+    helm = _fake_bin(tmp_path / "c", "my-helm")
+    _fake_bin(tmp_path / "kb", "kube-apiserver")
+    _fake_bin(tmp_path / "kb", "etcd")
+    clean_env.setenv("KUBEBUILDER_ASSETS", str(tmp_path / "kb"))
+    clean_env.setenv("TEST_ASSET_KUBE_APISERVER", str(api))
+    clean_env.setenv("TEST_ASSET_ETCD", str(etcd))
+    clean_env.setenv("TEST_ASSET_HELM", str(helm))
+    assert find_binaries() == Binaries(kube_apiserver=api, etcd=etcd, helm=helm)
+
+
+def test_kubebuilder_assets_before_cache_and_helm_from_path(clean_env, tmp_path):
+    kb = tmp_path / "kb"
+    _fake_bin(kb, "kube-apiserver")
+    _fake_bin(kb, "etcd")
+    cache = Path(os.environ["FPW_CONTROL_PLANE_DIR"])
+    for name in ("kube-apiserver", "etcd"):
+        _fake_bin(cache, name)
+    helm = _fake_bin(tmp_path / "empty-path", "helm")
+    clean_env.setenv("KUBEBUILDER_ASSETS", str(kb))
+    assert find_binaries() == Binaries(kube_apiserver=kb / "kube-apiserver", etcd=kb / "etcd", helm=helm)
+
+
+def test_cache_folder_is_the_fallback(clean_env):
+    cache = Path(os.environ["FPW_CONTROL_PLANE_DIR"])
+    paths = [_fake_bin(cache, name) for name in ("kube-apiserver", "etcd", "helm")]
+    assert find_binaries() == Binaries(*paths)
+
+
+def test_missing_binaries_skip_locally_with_a_hint(clean_env):
+    with pytest.raises(pytest.skip.Exception, match="make control-plane"):
+        find_binaries()
+
+
+def test_missing_binaries_fail_under_ci(clean_env):
+    clean_env.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="kube-apiserver"):
+        find_binaries()
+
+
+def test_wrong_explicit_path_is_not_silently_replaced(clean_env, tmp_path):
+    cache = Path(os.environ["FPW_CONTROL_PLANE_DIR"])
+    _fake_bin(cache, "kube-apiserver")
+    _fake_bin(cache, "etcd")
+    clean_env.setenv("TEST_ASSET_ETCD", str(tmp_path / "nope"))
+    with pytest.raises(pytest.skip.Exception, match="TEST_ASSET_ETCD"):
+        find_binaries()
+
+
+# --------------------------------------------------------------------------------------------------
+# Against the session's control plane
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.e2e
+def test_reports_the_pinned_version(control_plane, kube_api):
+    assert control_plane.version()["gitVersion"] == KUBE_VERSION
+    info = kubernetes.client.VersionApi(kube_api).get_code()
+    assert (info.git_version, info.major, info.minor) == (KUBE_VERSION, "1", KUBE_VERSION.split(".")[1])
+
+
+@pytest.mark.e2e
+def test_namespaces_keep_their_labels(namespace, core_v1):
+    name = namespace(labels={"flyte.org/project": "alpha", "team": "ml"})
+    assert name.startswith("t-")
+    stored = core_v1.read_namespace(name)
+    assert stored.metadata.labels["flyte.org/project"] == "alpha"
+    assert stored.metadata.labels["team"] == "ml"
+    assert namespace() != namespace()
+
+
+@pytest.mark.e2e
+def test_pods_are_stored_pending(namespace, core_v1):
+    ns = namespace()
+    pod = {
+        "metadata": {"name": "p"},
+        "spec": {"containers": [{"name": "c", "image": "registry.example.com/team/app:1"}]},
+    }
+    core_v1.create_namespaced_pod(ns, pod)
+    stored = core_v1.read_namespaced_pod("p", ns)
+    assert stored.status.phase == "Pending"
+    assert stored.spec.containers[0].image == "registry.example.com/team/app:1"
+    assert stored.spec.node_name is None  # nothing schedules here
+
+
+@pytest.mark.e2e
+@pytest.mark.helm
+def test_kubeconfig_works_with_helm(control_plane):
+    version = control_plane.helm("version", "--template", "{{.Version}}")
+    assert version.returncode == 0, version.stderr
+    if control_plane.binaries.helm.parent == controlplane.cache_dir():  # built by our script: pinned
+        assert version.stdout.strip() == controlplane.HELM_VERSION
+    listed = control_plane.helm("list", "-A", "--kubeconfig", str(control_plane.kubeconfig_path))
+    assert listed.returncode == 0, listed.stderr
+    assert "NAME" in listed.stdout
+
+
+@pytest.mark.e2e
+def test_other_identities(control_plane, namespace):
+    ns = namespace()
+    with control_plane.api_client_for_user("alice", groups=["system:masters"]) as admin_alice:
+        assert kubernetes.client.CoreV1Api(admin_alice).read_namespace(ns).metadata.name == ns
+    with control_plane.api_client_for_user("bob") as bob, pytest.raises(ApiException) as denied:
+        kubernetes.client.CoreV1Api(bob).list_namespaced_pod(ns)
+    assert denied.value.status == 403
+    assert 'User \\"bob\\"' in denied.value.body or 'User "bob"' in denied.value.body
+
+    token = control_plane.service_account_token(ns, "robot")
+    with control_plane.api_client_for_token(token) as robot, pytest.raises(ApiException) as denied:
+        kubernetes.client.CoreV1Api(robot).list_namespaced_pod(ns)
+    assert denied.value.status == 403
+    assert f"system:serviceaccount:{ns}:robot" in denied.value.body
+    assert control_plane.kubeconfig_for_token(token, "robot").read_text().count(token) == 1
+    assert "client-certificate" in control_plane.kubeconfig_for_user("carol", ["dev"]).read_text()
+
+
+@pytest.mark.e2e
+def test_register_mutating_webhook_creates_then_replaces(kube_api, admission_v1):
+    name = "cp-selftest.fpw.test"
+    never = {"matchLabels": {"fpw.test/never": "true"}}  # must not affect the other tests' pods
+    try:
+        register_mutating_webhook(kube_api, name, "https://127.0.0.1:1/mutate", b"PEM", object_selector=never)
+        stored = register_mutating_webhook(
+            kube_api, name, "https://127.0.0.1:2/mutate", "PEM", object_selector=never, failure_policy="Fail"
+        )
+        hook = stored["webhooks"][0]
+        assert hook["clientConfig"]["url"] == "https://127.0.0.1:2/mutate"
+        assert hook["failurePolicy"] == "Fail"
+        assert hook["reinvocationPolicy"] == "IfNeeded"
+        assert hook["rules"][0]["operations"] == ["CREATE"]
+        read = admission_v1.read_mutating_webhook_configuration(name)
+        assert read.webhooks[0].client_config.ca_bundle == "UEVN"  # base64 of "PEM"
+    finally:
+        delete_mutating_webhook(kube_api, name)
+    delete_mutating_webhook(kube_api, name)  # already gone: fine
+
+
+# --------------------------------------------------------------------------------------------------
+# Lifecycle of a private control plane
+# --------------------------------------------------------------------------------------------------
+
+
+def _alive(pid: int) -> bool:
+    return Path(f"/proc/{pid}").exists()
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(120)
+def test_teardown_frees_ports_and_processes(control_plane):
+    with ControlPlane(control_plane.binaries) as cp:
+        ports, pids, folder = cp.ports, cp.pids, cp.dir
+        assert cp.running
+        assert len(pids) == 2
+        assert all(map(_alive, pids))
+        assert not any(map(port_is_free, ports))
+        with cp.api_client() as client:
+            assert kubernetes.client.CoreV1Api(client).list_namespace().items is not None
+    assert not cp.running
+    assert not any(map(_alive, pids))
+    assert all(map(port_is_free, ports))
+    assert folder is not None
+    assert not folder.exists()
+    assert cp.log_tail(5) is not None  # kept in memory for failure reports
+    cp.stop()  # idempotent
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(60)
+def test_start_failure_reports_log_and_cleans_up(control_plane, tmp_path):
+    broken = tmp_path / "kube-apiserver"
+    broken.write_text("#!/bin/sh\necho 'boom: no such flag' >&2\nexit 3\n")
+    broken.chmod(0o755)
+    cp = ControlPlane(dataclasses.replace(control_plane.binaries, kube_apiserver=broken))
+    with pytest.raises(ControlPlaneError, match=r"(?s)exited with code 3.*boom: no such flag"):
+        cp.start()
+    assert cp.dir is None
+    assert not any(map(_alive, cp.pids))
