@@ -8,12 +8,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 REPO = Path(__file__).resolve().parent.parent
 
-pytestmark = pytest.mark.slow
 
-
+@pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_bench_quick_runs_end_to_end(tmp_path: Path) -> None:
     docs = tmp_path / "benchmarks.md"
@@ -60,3 +61,42 @@ def test_generated_bodies_are_what_they_claim() -> None:
     assert len(big["containers"]) == 20
     assert big["initContainers"]
     assert len(parse_config(bodies.rules(10000)).rules) == 10000
+
+
+GLOB_LABELS = ["*", "a*", "*b", "a?", "[ab]*", "[!a]b", "ab", "b", "a-b", "x*y"]
+HOST_LABELS = ["a", "b", "ab", "ba", "abb", "a-b", "xy", "xzy", "c"]
+
+
+@given(
+    patterns=st.lists(
+        st.tuples(
+            st.lists(st.sampled_from(GLOB_LABELS), min_size=1, max_size=4),
+            st.sampled_from([None, "5000"]),
+        ),
+        min_size=1,
+        max_size=30,
+    ),
+    hosts=st.lists(
+        st.tuples(st.lists(st.sampled_from(HOST_LABELS), min_size=1, max_size=4), st.sampled_from([None, "5000"])),
+        min_size=1,
+        max_size=10,
+    ),
+)
+@settings(max_examples=300, deadline=None)
+def test_glob_index_finds_what_a_full_scan_finds(patterns, hosts) -> None:
+    """RuleSet's glob index (label count, port, literal suffix labels, literal prefix) loses no match."""
+    from webhook.images import parse_image
+    from webhook.rules import Rule, RuleSet
+
+    rules = [
+        Rule.create(".".join(labels) + (f":{port}" if port else ""), [f"s{i}"])
+        for i, (labels, port) in enumerate(patterns)
+    ]
+    ruleset = RuleSet(rules)
+    for labels, port in hosts:
+        if len(labels) == 1 and port is None:
+            labels = [*labels, "b"]  # a lone label without a port would be a Docker Hub path
+        host = ".".join(labels) + (f":{port}" if port else "")
+        image = parse_image(f"{host}/team/app:v1")
+        expected = [i for i, rule in enumerate(rules) if rule.pattern.matches(image)]
+        assert ruleset.matching_rules(image) == expected, (host, [r.registry for r in rules])

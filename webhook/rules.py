@@ -197,25 +197,37 @@ class Rule:
 
 
 class RuleSet:
-    """Rules compiled for lookup: exact hosts are indexed, only globs are scanned.
+    """Rules compiled for lookup: exact hosts in a dict, globs indexed by their literal parts.
 
     Immutable once built; a config reload builds a new one and swaps it in, so
     readers never see a half-loaded rule list.
     """
 
-    __slots__ = ("_cache", "_exact", "_globs", "rules")
+    __slots__ = ("_cache", "_exact", "_glob_shapes", "_globs", "rules")
 
     def __init__(self, rules: Sequence[Rule]) -> None:
         self.rules: tuple[Rule, ...] = tuple(rules)
         self._exact: dict[tuple[str, str | None], list[tuple[int, Pattern]]] = {}
-        # Globs are grouped by (label count, port): a glob never spans a dot, so
-        # only patterns with the image host's label count can match.
-        self._globs: dict[tuple[int, str | None], list[tuple[int, Pattern]]] = {}
+        # Globs are indexed by what an image host must share with them to match: the label count
+        # (a glob never spans a dot), the port, the trailing run of literal labels and the literal
+        # characters before the first glob character. A lookup tries each (suffix labels, prefix
+        # length) shape present, so 10,000 globs cost a few dict lookups, not 10,000 regex matches.
+        self._globs: dict[tuple[int, str | None, tuple[str, ...], str], list[tuple[int, Pattern]]] = {}
+        self._glob_shapes: dict[tuple[int, str | None], list[tuple[int, int]]] = {}
         for index, rule in enumerate(self.rules):
             p = rule.pattern
             if p.is_glob:
-                key = (p.host.count(".") + 1, p.port)
+                labels = p.host.split(".")
+                literal = 0
+                while literal < len(labels) and not any(c in _GLOB_CHARS for c in labels[-1 - literal]):
+                    literal += 1
+                prefix_len = next(i for i, c in enumerate(p.host) if c in _GLOB_CHARS)
+                suffix = tuple(labels[len(labels) - literal :])
+                key = (len(labels), p.port, suffix, p.host[:prefix_len])
                 self._globs.setdefault(key, []).append((index, p))
+                shapes = self._glob_shapes.setdefault((len(labels), p.port), [])
+                if (literal, prefix_len) not in shapes:
+                    shapes.append((literal, prefix_len))
             else:
                 self._exact.setdefault((p.host, p.port), []).append((index, p))
         self._cache: dict[tuple[str, str], tuple[str, ...]] = {}
@@ -228,10 +240,15 @@ class RuleSet:
         host, port = split_host_port(normalize_registry_host(image.registry))
         repo = image.repository
         hits = [i for i, p in self._exact.get((host, port), ()) if _path_has_prefix(repo, p.path)]
-        label_count = 1 if _is_ipv6_literal(host) else host.count(".") + 1
-        for i, p in self._globs.get((label_count, port), ()):
-            if p.matches_parts(host, port, repo):
-                hits.append(i)
+        labels = [host] if _is_ipv6_literal(host) else host.split(".")
+        label_count = len(labels)
+        for literal, prefix_len in self._glob_shapes.get((label_count, port), ()):
+            if prefix_len > len(host):
+                continue  # host[:prefix_len] would be shorter, and could name another shape's bucket
+            suffix = tuple(labels[label_count - literal :]) if literal else ()
+            for i, p in self._globs.get((label_count, port, suffix, host[:prefix_len]), ()):
+                if p.matches_parts(host, port, repo):
+                    hits.append(i)
         hits.sort()
         return hits
 
