@@ -73,6 +73,19 @@ def request_deadline(query_timeout: str | None, default: float) -> float:
     return default
 
 
+# Metric.labels() locks and rebuilds the label key on every call; a child, once made, never changes.
+# Bounded: outcomes, configured secrets x bounded registry labels.
+_children: dict[tuple[Any, ...], Any] = {}
+
+
+def _labelled(metric: Any, *values: str) -> Any:
+    key = (metric, *values)
+    child = _children.get(key)
+    if child is None:
+        child = _children[key] = metric.labels(*values)
+    return child
+
+
 def _record(decision_fields: dict[str, Any], started: float) -> None:
     elapsed = time.perf_counter() - started
     metrics.LATENCY.observe(elapsed)
@@ -122,7 +135,7 @@ def create_app(state: AppState) -> FastAPI:
             body_out = make_response(uid, warnings=[f"pullsecrets-webhook: internal error ({type(exc).__name__})"])
             return Response(orjson.dumps(body_out), media_type=_JSON)
 
-        metrics.ADMISSIONS.labels(decision.outcome).inc()
+        _labelled(metrics.ADMISSIONS, decision.outcome).inc()
         fields: dict[str, Any] = {
             "uid": decision.uid,
             "namespace": decision.namespace,
@@ -134,9 +147,9 @@ def create_app(state: AppState) -> FastAPI:
         mutation = decision.mutation
         if mutation is not None:
             for secret, registry in mutation.added_for_registry.items():
-                metrics.INJECTED.labels(secret, metrics.registry_label(registry)).inc()
+                _labelled(metrics.INJECTED, secret, metrics.registry_label(registry)).inc()
             for registry in mutation.unmatched_registries:
-                metrics.UNMATCHED.labels(metrics.registry_label(registry)).inc()
+                _labelled(metrics.UNMATCHED, metrics.registry_label(registry)).inc()
             if mutation.problems:
                 metrics.INVALID_IMAGES.inc(len(mutation.problems))
             fields["added"] = list(mutation.added)
