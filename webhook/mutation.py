@@ -126,7 +126,7 @@ def mutate_pod(pod: dict[str, Any], config: Config) -> Mutation:
         warnings.append(_warning("spec.imagePullSecrets is not a list; left untouched"))
         return Mutation(Outcome.UNCHANGED, problems=tuple(problems), warnings=tuple(warnings[:MAX_WARNINGS]))
     existing = existing or []
-    present = {e.get("name") for e in existing if isinstance(e, dict)}
+    present = {e.get("name") for e in existing if isinstance(e, dict) and isinstance(e.get("name"), str)}
     to_add = [s for s in wanted if s not in present]
 
     patch: list[dict[str, Any]] = []

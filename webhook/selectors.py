@@ -59,6 +59,8 @@ class Requirement:
             return present
         if self.operator == "DoesNotExist":
             return not present
+        if present and not isinstance(labels[self.key], str):  # not a label value; may be unhashable
+            return self.operator == "NotIn"
         if self.operator == "In":
             return present and labels[self.key] in self.values
         return not present or labels[self.key] not in self.values  # NotIn
