@@ -71,6 +71,8 @@ def wrk(server: Server, body: Path, lua: Path, duration: float, connections: int
     seconds = data["duration_us"] / 1e6
     data["rps"] = round(data["requests"] / seconds, 1)
     data["server_cpu_fraction"] = round((cpu1 - cpu0) / seconds, 3)
+    # CPU time per request barely depends on what else runs on the machine, unlike req/s.
+    data["server_cpu_us_per_request"] = round((cpu1 - cpu0) / data["requests"] * 1e6, 1) if data["requests"] else None
     return data
 
 
@@ -88,6 +90,8 @@ def paced(server: Server, body: Path, rate: float, duration: float, connections:
         raise RuntimeError(f"bench.paced failed ({out.returncode}): {out.stderr[-3000:]}")
     data = json.loads(out.stdout.strip().splitlines()[-1])
     data["server_cpu_fraction"] = round((cpu1 - cpu0) / data["duration_s"], 3) if data["duration_s"] else 0.0
+    completed = data["completed"]
+    data["server_cpu_us_per_request"] = round((cpu1 - cpu0) / completed * 1e6, 1) if completed else None
     if rate == 0:
         data["rps"] = data["achieved_rate"]
         data["non_2xx"] = data["completed"] - data["statuses"].get("200", 0)

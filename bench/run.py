@@ -184,6 +184,7 @@ def run(args: argparse.Namespace) -> dict:
                 entry[name] = {
                     "median_rps": median([x["rps"] for x in runs]),
                     "median_server_cpu": median([x["server_cpu_fraction"] for x in runs]),
+                    "median_server_cpu_us_per_request": median([x["server_cpu_us_per_request"] for x in runs]),
                     "errors": sum(x.get("non_2xx", 0) + x.get("socket_errors", 0) + x.get("errors", 0) for x in runs),
                     "rounds": runs,
                 }
@@ -253,6 +254,12 @@ def run(args: argparse.Namespace) -> dict:
     cmd = [sys.executable, "-m", "bench.micro", *(["--quick"] if quick else [])]
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=servers.REPO, check=True, timeout=600)
     result["scaling"] = json.loads(out.stdout)
+    log("in-process breakdown of the webhook's cost over the floor (bench.breakdown)")
+    result["breakdown"] = {}
+    for body in ["small"] if quick else ["small", "large"]:
+        cmd = [sys.executable, "-m", "bench.breakdown", "--body", body, *(["--quick"] if quick else [])]
+        out = subprocess.run(cmd, capture_output=True, text=True, cwd=servers.REPO, check=True, timeout=600)
+        result["breakdown"][body] = json.loads(out.stdout)
     result["machine"]["loadavg_end"] = list(os.getloadavg())
     result["headline"] = headline(result)
     return result
@@ -347,12 +354,27 @@ def markdown(result: dict) -> str:
     tk = result["throughput"]["small"].get("ratio_10k_rules_to_10")
     if tk is not None:
         lines.append(f"| max req/s with 10,000 rules vs 10 (HTTP, small pod) | {tk:.2f} x | | | |")
+    for body, entry in result["throughput"].items():
+        w, f = entry["webhook"], entry["floor"]
+        lines.append(
+            f"| server CPU µs/request at max load, {body} pod | {w['median_server_cpu_us_per_request']:.0f} | "
+            f"{f['median_server_cpu_us_per_request']:.0f} | "
+            f"{f['median_server_cpu_us_per_request'] / w['median_server_cpu_us_per_request']:.2f} x floor | |"
+        )
     rss = result["rss_mb"]
     lines.append(
         f"| peak RSS (VmHWM), MB | {rss['webhook'].get('VmHWM', float('nan')):.0f} "
         f"(10,000 rules: {rss['webhook-10k'].get('VmHWM', float('nan')):.0f}) | "
         f"{rss['floor'].get('VmHWM', float('nan')):.0f} | {ok[h['met']['rss']]} | < 100 MB |"
     )
+    for body, b in result.get("breakdown", {}).items():
+        steps = ", ".join(f"{name} {us:+.0f}" for name, us in b["step_us"].items())
+        lines += [
+            "",
+            f"Where the time goes ({body} pod, in-process ASGI calls, µs/request): floor "
+            f"{b['per_request_us']['floor']:.0f}, then {steps}; webhook {b['per_request_us']['webhook']:.0f} "
+            f"(+{b['webhook_minus_floor_us']:.0f}).",
+        ]
     return "\n".join(lines) + "\n"
 
 
