@@ -290,6 +290,18 @@ def _stop_all() -> None:
         cp.stop()
 
 
+AUDIT_POLICY = """\
+apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived]
+rules:
+  - level: Metadata
+    verbs: [create]
+    resources: [{group: "", resources: [pods]}]
+  - level: None
+"""
+
+
 class ControlPlane:
     """etcd + kube-apiserver on free loopback ports in a temp dir; use as a context manager.
 
@@ -452,6 +464,8 @@ class ControlPlane:
         (self.dir / "sa.key").write_bytes(_pem_key(sa_key))
         # Static tokens: the admin only (the file is read once at start-up; other users use client certs).
         (self.dir / "tokens.csv").write_text(f'{self.admin_token},{ADMIN_USER},{ADMIN_USER}-uid,"{ADMIN_GROUP}"\n')
+        # Audit pod creations only (at Metadata level, which carries webhook audit annotations).
+        (self.dir / "audit-policy.yaml").write_text(AUDIT_POLICY)
         self._client_ca = _ca_and_key("fpw-test-client-ca")
         (self.dir / "client-ca.crt").write_bytes(self._client_ca[1].public_bytes(serialization.Encoding.PEM))
 
@@ -478,8 +492,23 @@ class ControlPlane:
             "--watch-cache=false",  # no per-resource cache to prime; reads go straight to etcd
             "--profiling=false",
             "--etcd-compaction-interval=0",
+            f"--audit-policy-file={self.dir / 'audit-policy.yaml'}",
+            f"--audit-log-path={self.audit_log_path}",
+            "--audit-log-format=json",
             *self.extra_apiserver_args,
         ]
+
+    @property
+    def audit_log_path(self) -> Path:
+        return self._require_dir() / "audit.log"
+
+    def audit_events(self) -> list[dict[str, Any]]:
+        """Audit events written so far (pod creations; see AUDIT_POLICY)."""
+        try:
+            lines = self.audit_log_path.read_text().splitlines()
+        except FileNotFoundError:
+            return []
+        return [json.loads(line) for line in lines if line.strip()]
 
     def _wait_for_etcd(self) -> None:
         deadline = time.monotonic() + min(self.start_timeout, 30)
