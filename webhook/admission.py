@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 
 from webhook.config import Config
-from webhook.mutation import Mutation, Outcome, mutate_pod
+from webhook.mutation import ClusterView, Mutation, Outcome, mutate_pod
 
 API_VERSION = "admission.k8s.io/v1"
 KIND = "AdmissionReview"
@@ -101,7 +101,7 @@ def _is_pod_create(request: dict[str, Any]) -> bool:
     )
 
 
-def review(review_obj: dict[str, Any], config: Config) -> Decision:
+def review(review_obj: dict[str, Any], config: Config, cluster: ClusterView | None = None) -> Decision:
     """Decide on a parsed review (see parse_review)."""
     request: dict[str, Any] = review_obj["request"]
     uid: str = request["uid"]
@@ -126,7 +126,7 @@ def review(review_obj: dict[str, Any], config: Config) -> Decision:
     name = metadata.get("name") or metadata.get("generateName")
     decision.name = name if isinstance(name, str) else None
 
-    mutation = mutate_pod(pod, config)
+    mutation = mutate_pod(pod, config, namespace, cluster)
     decision.mutation = mutation
     decision.outcome = mutation.outcome.value
     audit = None

@@ -22,6 +22,7 @@ from fastapi.responses import JSONResponse, Response
 from webhook import logs, metrics
 from webhook.admission import ReviewError, make_response, parse_review, review
 from webhook.config import Config
+from webhook.mutation import ClusterView
 
 DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024  # etcd caps objects at ~1.5 MiB; a review wraps one
 DEFAULT_BODY_TIMEOUT = 10.0  # the apiserver's own default webhook timeout
@@ -37,6 +38,7 @@ class AppState:
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     ready: bool = True
     body_timeout: float = DEFAULT_BODY_TIMEOUT
+    cluster: ClusterView | None = None  # the Secret/Namespace cache, when enabled
 
 
 def _error(status: int, message: str) -> Response:
@@ -124,7 +126,7 @@ def create_app(state: AppState) -> FastAPI:
 
         uid = review_obj["request"]["uid"]
         try:
-            decision = review(review_obj, state.config)
+            decision = review(review_obj, state.config, state.cluster)
         except ReviewError as exc:
             metrics.ADMISSIONS.labels("invalid").inc()
             logs.warning("rejected request", status=exc.status, reason=exc.message, uid=uid)
@@ -152,9 +154,13 @@ def create_app(state: AppState) -> FastAPI:
                 _labelled(metrics.UNMATCHED, metrics.registry_label(registry)).inc()
             if mutation.problems:
                 metrics.INVALID_IMAGES.inc(len(mutation.problems))
+            for secret in mutation.missing_secrets:
+                metrics.MISSING_SECRETS.labels(secret).inc()
             fields["added"] = list(mutation.added)
             if mutation.unmatched_registries:
                 fields["unmatched"] = list(mutation.unmatched_registries)
+            if mutation.missing_secrets:
+                fields["missing_secrets"] = list(mutation.missing_secrets)
             if mutation.problems:
                 fields["invalid_images"] = [p.field for p in mutation.problems]
         out = orjson.dumps(decision.response)

@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from webhook.rules import PatternError, Rule, RuleSet, validate_secret_name
+from webhook.rules import NamespaceScope, PatternError, Rule, RuleSet, validate_secret_name
 from webhook.selectors import LabelSelector, SelectorError, parse_label, parse_selector
 
 # Flyte labels every task pod (plugins included) with these two keys.
@@ -27,8 +27,9 @@ DEFAULT_POD_SELECTOR: dict[str, Any] = {
 DEFAULT_OPT_OUT_LABEL = "pullsecrets-injection=disabled"
 INJECTED_ANNOTATION = "pullsecrets-webhook/injected"
 
-_TOP_LEVEL_KEYS = {"rules", "podSelector", "optOutLabel", "warnUnmatched", "annotate"}
-_RULE_KEYS = {"registry", "secrets"}
+_TOP_LEVEL_KEYS = {"rules", "podSelector", "optOutLabel", "warnUnmatched", "annotate", "missingSecrets"}
+_RULE_KEYS = {"registry", "secrets", "namespaces", "namespaceSelector"}
+MISSING_SECRET_POLICIES = ("inject", "skip")
 
 
 class ConfigError(ValueError):
@@ -45,6 +46,8 @@ class Config:
     warn_unmatched: bool = True
     annotate: bool = True
     source: str = "<config>"
+    # What to do with a rule's secret that the namespace lacks (known only with the Secret cache).
+    missing_secrets: str = "inject"
 
 
 def parse_config(data: Any, source: str = "<config>") -> Config:
@@ -73,7 +76,13 @@ def parse_config(data: Any, source: str = "<config>") -> Config:
         if not isinstance(value, bool):
             raise ConfigError(f"{source}: {key!r} must be true or false, got {value!r}")
         flags[key] = value
+    missing = data.get("missingSecrets", "inject")
+    if missing not in MISSING_SECRET_POLICIES:
+        raise ConfigError(
+            f"{source}: 'missingSecrets' must be one of {', '.join(MISSING_SECRET_POLICIES)}, got {missing!r}"
+        )
     return Config(
+        missing_secrets=missing,
         rules=RuleSet(rules),
         pod_selector=selector,
         opt_out_label=opt_out,
@@ -96,9 +105,23 @@ def _parse_rule(raw: Any, index: int, source: str) -> Rule:
         secrets = [secrets]
     if not isinstance(secrets, list) or not secrets:
         raise ConfigError(f"{where}: 'secrets' must be a non-empty list of Secret names")
+    namespaces = raw.get("namespaces")
+    if isinstance(namespaces, str):
+        namespaces = [namespaces]
+    if namespaces is not None and (not isinstance(namespaces, list) or not namespaces):
+        raise ConfigError(f"{where}: 'namespaces' must be a non-empty list of namespace names or globs")
+    scope = None
+    try:
+        selector = None
+        if raw.get("namespaceSelector") is not None:
+            selector = parse_selector(raw["namespaceSelector"], "namespaceSelector")
+        if namespaces is not None or selector is not None:
+            scope = NamespaceScope.parse(namespaces, selector)
+    except (SelectorError, ValueError) as exc:
+        raise ConfigError(f"{where}: {exc}") from None
     try:
         names = [validate_secret_name(s) for s in secrets]
-        return Rule.create(raw.get("registry"), dict.fromkeys(names))
+        return Rule.create(raw.get("registry"), dict.fromkeys(names), scope)
     except PatternError as exc:
         raise ConfigError(f"{where}: {exc}") from None
     except ValueError as exc:

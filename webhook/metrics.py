@@ -45,6 +45,12 @@ UNMATCHED = Counter(
     ["registry"],
     registry=REGISTRY,
 )
+MISSING_SECRETS = Counter(
+    f"{_NS}_missing_secrets",
+    "Secrets a rule called for that did not exist in the pod's namespace (needs --watch-secrets).",
+    ["secret"],
+    registry=REGISTRY,
+)
 INVALID_IMAGES = Counter(f"{_NS}_invalid_images", "Image references that could not be parsed.", registry=REGISTRY)
 LATENCY = Histogram(
     f"{_NS}_admission_duration_seconds",

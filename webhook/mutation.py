@@ -7,9 +7,10 @@ reordered: the patch only ever appends.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, Protocol
 
 from webhook.config import INJECTED_ANNOTATION, Config
 from webhook.images import ImageReference, InvalidImageReference, parse_image
@@ -45,6 +46,7 @@ class Mutation:
     unmatched_registries: tuple[str, ...] = ()
     problems: tuple[ImageProblem, ...] = ()
     warnings: tuple[str, ...] = ()
+    missing_secrets: tuple[str, ...] = ()  # wanted secrets the namespace lacks (needs the Secret cache)
 
 
 def _escape_pointer(token: str) -> str:
@@ -96,11 +98,34 @@ def skip_reason(pod: dict[str, Any], config: Config) -> Outcome | None:
     return None
 
 
-def mutate_pod(pod: dict[str, Any], config: Config) -> Mutation:
+class ClusterView(Protocol):
+    """What the webhook knows of the cluster, from a watch-backed cache (``webhook.cache``).
+
+    Lookups are in-memory; the core stays free of I/O.
+    """
+
+    def synced(self) -> bool: ...
+
+    def secret_type(self, namespace: str, name: str) -> str | None: ...
+
+    def namespace_labels(self, namespace: str) -> Mapping[str, str] | None: ...
+
+
+PULL_SECRET_TYPES = frozenset({"kubernetes.io/dockerconfigjson", "kubernetes.io/dockercfg"})
+
+
+def mutate_pod(
+    pod: dict[str, Any],
+    config: Config,
+    namespace: str | None = None,
+    cluster: ClusterView | None = None,
+) -> Mutation:
     """Compute the RFC 6902 operations that add the pull secrets ``pod`` lacks.
 
     Applying the result and calling again yields no operations, which is what
-    makes ``reinvocationPolicy: IfNeeded`` safe.
+    makes ``reinvocationPolicy: IfNeeded`` safe. ``namespace`` is the pod's
+    (from the AdmissionReview); rules limited to namespaces need it, and the
+    cluster view, when given, lets the webhook say that a secret is missing.
     """
     reason = skip_reason(pod, config)
     if reason is not None:
@@ -112,8 +137,12 @@ def mutate_pod(pod: dict[str, Any], config: Config) -> Mutation:
     images, problems = iter_images(spec)
     wanted: dict[str, str] = {}  # secret -> registry, in first-wanted order
     unmatched: dict[str, str] = {}  # registry -> first image with no rule
+    rules = config.rules
+    labels = None
+    if rules.scoped and namespace is not None and cluster is not None and rules.needs_namespace_labels:
+        labels = cluster.namespace_labels(namespace)
     for _, ref in images:
-        secrets = config.rules.secrets_for(ref)
+        secrets = rules.secrets_for(ref, namespace, labels) if rules.scoped else rules.secrets_for(ref)
         if not secrets:
             unmatched.setdefault(ref.registry, str(ref))
         for secret in secrets:
@@ -128,6 +157,9 @@ def mutate_pod(pod: dict[str, Any], config: Config) -> Mutation:
     existing = existing or []
     present = {e.get("name") for e in existing if isinstance(e, dict) and isinstance(e.get("name"), str)}
     to_add = [s for s in wanted if s not in present]
+    missing: list[str] = []
+    if to_add and namespace is not None and cluster is not None and cluster.synced():
+        to_add, missing = _check_secrets(to_add, wanted, namespace, cluster, config, warnings)
 
     patch: list[dict[str, Any]] = []
     if to_add:
@@ -151,7 +183,41 @@ def mutate_pod(pod: dict[str, Any], config: Config) -> Mutation:
         unmatched_registries=tuple(unmatched),
         problems=tuple(problems),
         warnings=tuple(dict.fromkeys(warnings))[:MAX_WARNINGS],
+        missing_secrets=tuple(missing),
     )
+
+
+def _check_secrets(
+    to_add: list[str],
+    wanted: dict[str, str],
+    namespace: str,
+    cluster: ClusterView,
+    config: Config,
+    warnings: list[str],
+) -> tuple[list[str], list[str]]:
+    """Warn about secrets the namespace lacks (the pod would sit in ImagePullBackOff) or of the wrong type."""
+    kept: list[str] = []
+    missing: list[str] = []
+    for secret in to_add:
+        kind = cluster.secret_type(namespace, secret)
+        if kind is None:
+            missing.append(secret)
+            action = "not injected" if config.missing_secrets == "skip" else "injected anyway"
+            warnings.append(
+                _warning(
+                    f"secret {secret} for registry {wanted[secret]} does not exist in namespace {namespace}; {action}"
+                )
+            )
+            if config.missing_secrets == "skip":
+                continue
+        elif kind and kind not in PULL_SECRET_TYPES:
+            warnings.append(
+                _warning(
+                    f"secret {secret} in namespace {namespace} is of type {kind}, not kubernetes.io/dockerconfigjson"
+                )
+            )
+        kept.append(secret)
+    return kept, missing
 
 
 def _annotation_ops(pod: dict[str, Any], added: list[str]) -> list[dict[str, Any]]:

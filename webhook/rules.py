@@ -20,11 +20,13 @@ operator already wrote for one of those works here unchanged:
 
 from __future__ import annotations
 
+import fnmatch
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from webhook.images import ImageReference, InvalidImageReference, normalize_registry_host, parse_image
+from webhook.selectors import LabelSelector
 
 _GLOB_CHARS = frozenset("*?[")
 _HOST_LABEL_RE = re.compile(r"^[a-z0-9*?\[\]!^-]+$")
@@ -183,17 +185,60 @@ def validate_secret_name(name: object) -> str:
     return name
 
 
+_NAMESPACE_GLOB_RE = re.compile(r"^[a-z0-9*?\[\]!^-]{1,63}$")
+
+
+@dataclass(frozen=True, slots=True)
+class NamespaceScope:
+    """Limits a rule to some namespaces: by name (exact or glob) and/or by label selector.
+
+    Lets ``flytesnacks-*`` and ``team-b-*`` use different credentials for the same
+    registry. Both parts, when given, must hold. A namespace whose labels are not
+    known (no namespace cache yet) does not satisfy a selector: a scoped rule
+    then contributes nothing rather than a credential meant for someone else.
+    """
+
+    names: frozenset[str] = frozenset()
+    globs: tuple[re.Pattern[str], ...] = ()
+    selector: LabelSelector | None = None
+
+    @classmethod
+    def parse(cls, namespaces: Sequence[str] | None, selector: LabelSelector | None) -> NamespaceScope:
+        names: set[str] = set()
+        globs: list[re.Pattern[str]] = []
+        for item in namespaces or ():
+            if not isinstance(item, str) or not _NAMESPACE_GLOB_RE.match(item):
+                raise ValueError(f"namespace pattern {item!r} is not a namespace name or glob")
+            if any(c in _GLOB_CHARS for c in item):
+                globs.append(re.compile(fnmatch.translate(item)))
+            else:
+                names.add(item)
+        return cls(frozenset(names), tuple(globs), selector)
+
+    @property
+    def by_name(self) -> bool:
+        return bool(self.names or self.globs)
+
+    def matches(self, namespace: str | None, labels: Mapping[str, str] | None) -> bool:
+        if namespace is None:
+            return False
+        if self.by_name and namespace not in self.names and not any(g.match(namespace) for g in self.globs):
+            return False
+        return self.selector is None or (labels is not None and self.selector.matches(labels))
+
+
 @dataclass(frozen=True, slots=True)
 class Rule:
-    """One configured rule: a registry pattern and the secrets it brings."""
+    """One configured rule: a registry pattern, the secrets it brings, and optionally where."""
 
     registry: str
     secrets: tuple[str, ...]
     pattern: Pattern = field(compare=False, repr=False)
+    scope: NamespaceScope | None = field(default=None, compare=False, repr=False)
 
     @classmethod
-    def create(cls, registry: str, secrets: Iterable[str]) -> Rule:
-        return cls(registry, tuple(secrets), parse_pattern(registry))
+    def create(cls, registry: str, secrets: Iterable[str], scope: NamespaceScope | None = None) -> Rule:
+        return cls(registry, tuple(secrets), parse_pattern(registry), scope)
 
 
 class RuleSet:
@@ -203,7 +248,7 @@ class RuleSet:
     readers never see a half-loaded rule list.
     """
 
-    __slots__ = ("_cache", "_exact", "_glob_shapes", "_globs", "rules")
+    __slots__ = ("_cache", "_exact", "_glob_shapes", "_globs", "_index_cache", "_scoped", "rules")
 
     def __init__(self, rules: Sequence[Rule]) -> None:
         self.rules: tuple[Rule, ...] = tuple(rules)
@@ -231,6 +276,17 @@ class RuleSet:
             else:
                 self._exact.setdefault((p.host, p.port), []).append((index, p))
         self._cache: dict[tuple[str, str], tuple[str, ...]] = {}
+        self._index_cache: dict[tuple[str, str], tuple[int, ...]] = {}
+        self._scoped = any(rule.scope is not None for rule in self.rules)
+
+    @property
+    def scoped(self) -> bool:
+        """Whether some rule depends on the namespace."""
+        return self._scoped
+
+    @property
+    def needs_namespace_labels(self) -> bool:
+        return any(r.scope is not None and r.scope.selector is not None for r in self.rules)
 
     def __len__(self) -> int:
         return len(self.rules)
@@ -252,8 +308,18 @@ class RuleSet:
         hits.sort()
         return hits
 
-    def secrets_for(self, image: ImageReference) -> tuple[str, ...]:
-        """Secrets every matching rule contributes, deduplicated, in rule order."""
+    def secrets_for(
+        self,
+        image: ImageReference,
+        namespace: str | None = None,
+        namespace_labels: Mapping[str, str] | None = None,
+    ) -> tuple[str, ...]:
+        """Secrets every matching rule contributes, deduplicated, in rule order.
+
+        Rules limited to some namespaces count only for a pod in one of them.
+        """
+        if self._scoped:
+            return self._scoped_secrets_for(image, namespace, namespace_labels)
         key = (image.registry, image.repository)
         cached = self._cache.get(key)
         if cached is not None:
@@ -268,6 +334,25 @@ class RuleSet:
         self._cache[key] = result
         return result
 
+    def _scoped_secrets_for(
+        self, image: ImageReference, namespace: str | None, labels: Mapping[str, str] | None
+    ) -> tuple[str, ...]:
+        # The image -> rules part is cached; the namespace filter runs per call (a few comparisons).
+        key = (image.registry, image.repository)
+        indexes = self._index_cache.get(key)
+        if indexes is None:
+            indexes = tuple(self.matching_rules(image))
+            if len(self._index_cache) >= _CACHE_LIMIT:
+                self._index_cache.clear()
+            self._index_cache[key] = indexes
+        seen: dict[str, None] = {}
+        for i in indexes:
+            rule = self.rules[i]
+            if rule.scope is None or rule.scope.matches(namespace, labels):
+                for secret in rule.secrets:
+                    seen.setdefault(secret, None)
+        return tuple(seen)
+
     def secrets_for_reference(self, reference: str) -> tuple[str, ...]:
         """Like secrets_for, from an image string; raises InvalidImageReference."""
         return self.secrets_for(parse_image(reference))
@@ -275,6 +360,7 @@ class RuleSet:
 
 __all__ = [
     "InvalidImageReference",
+    "NamespaceScope",
     "Pattern",
     "PatternError",
     "Rule",
