@@ -70,9 +70,7 @@ VALID = [
     pytest.param("example.com", "docker.io", "library/example.com", None, None, id="bare-domain-is-repo"),
     pytest.param("localhost", "docker.io", "library/localhost", None, None, id="bare-localhost-is-repo"),
     pytest.param("a:5000", "docker.io", "library/a", "5000", None, id="no-slash-port-is-tag"),
-    pytest.param(
-        "localhost:5000", "docker.io", "library/localhost", "5000", None, id="bare-localhost-port-is-tag"
-    ),
+    pytest.param("localhost:5000", "docker.io", "library/localhost", "5000", None, id="bare-localhost-port-is-tag"),
     pytest.param(HEX64 + ":v1", "docker.io", "library/" + HEX64, "v1", None, id="hex64-with-tag"),
     pytest.param("a" * 63, "docker.io", "library/" + "a" * 63, None, None, id="hex-like-63"),
     # A bare digest is not a digest reference: "sha256" is the repository, the hex is a tag
@@ -88,9 +86,7 @@ VALID = [
     pytest.param("ubuntu@" + SHA256, "docker.io", "library/ubuntu", None, SHA256, id="digest-sha256"),
     pytest.param("ubuntu@" + SHA384, "docker.io", "library/ubuntu", None, SHA384, id="digest-sha384"),
     pytest.param("ubuntu@" + SHA512, "docker.io", "library/ubuntu", None, SHA512, id="digest-sha512"),
-    pytest.param(
-        "ubuntu:22.04@" + SHA256, "docker.io", "library/ubuntu", "22.04", SHA256, id="tag-and-digest"
-    ),
+    pytest.param("ubuntu:22.04@" + SHA256, "docker.io", "library/ubuntu", "22.04", SHA256, id="tag-and-digest"),
     pytest.param("ghcr.io/o/r:v1@" + SHA256, "ghcr.io", "o/r", "v1", SHA256, id="ghcr-tag-and-digest"),
     pytest.param("localhost:5000/a@" + SHA512, "localhost:5000", "a", None, SHA512, id="port-digest"),
     # localhost
@@ -116,9 +112,7 @@ VALID = [
         None,
         id="ecr",
     ),
-    pytest.param(
-        "public.ecr.aws/lambda/python:3.12", "public.ecr.aws", "lambda/python", "3.12", None, id="ecr-public"
-    ),
+    pytest.param("public.ecr.aws/lambda/python:3.12", "public.ecr.aws", "lambda/python", "3.12", None, id="ecr-public"),
     pytest.param("ghcr.io/my-org/app", "ghcr.io", "my-org/app", None, None, id="ghcr"),
     pytest.param("ghcr.io/flyteorg/flytekit:v1", "ghcr.io", "flyteorg/flytekit", "v1", None, id="ghcr-tag"),
     pytest.param(
@@ -140,9 +134,7 @@ VALID = [
     pytest.param("gcr.io/proj/img:latest", "gcr.io", "proj/img", "latest", None, id="gcr"),
     pytest.param("myacr.azurecr.io/ns/img:1.0", "myacr.azurecr.io", "ns/img", "1.0", None, id="acr"),
     pytest.param("quay.io/org/img", "quay.io", "org/img", None, None, id="quay"),
-    pytest.param(
-        "nvcr.io/nvidia/pytorch:24.01-py3", "nvcr.io", "nvidia/pytorch", "24.01-py3", None, id="nvcr"
-    ),
+    pytest.param("nvcr.io/nvidia/pytorch:24.01-py3", "nvcr.io", "nvidia/pytorch", "24.01-py3", None, id="nvcr"),
     # Upper case in the first component makes it a registry host
     pytest.param("Foo/bar", "Foo", "bar", None, None, id="uppercase-domain"),
     pytest.param("REGISTRY.example.com/a", "REGISTRY.example.com", "a", None, None, id="uppercase-fqdn"),
@@ -160,9 +152,7 @@ VALID = [
     pytest.param("0/1", "docker.io", "0/1", None, None, id="digits-only"),
     # Length boundary
     pytest.param(NAME_255, "example.com", "a" * 243, None, None, id="name-255"),
-    pytest.param(
-        NAME_255 + ":" + "t" * 128, "example.com", "a" * 243, "t" * 128, None, id="name-255-tag-not-counted"
-    ),
+    pytest.param(NAME_255 + ":" + "t" * 128, "example.com", "a" * 243, "t" * 128, None, id="name-255-tag-not-counted"),
     pytest.param(SHORT_255, "docker.io", "library/" + SHORT_255, None, None, id="short-name-255-normalized"),
 ]
 
@@ -178,9 +168,7 @@ INVALID = [
     pytest.param("ubuntu:la test", "contains whitespace", id="space-in-tag"),
     # Upper case in the repository path
     pytest.param("UBUNTU", "repository name (library/UBUNTU) must be lowercase", id="uppercase-short"),
-    pytest.param(
-        "Ubuntu:22.04", "repository name (library/Ubuntu) must be lowercase", id="uppercase-short-tag"
-    ),
+    pytest.param("Ubuntu:22.04", "repository name (library/Ubuntu) must be lowercase", id="uppercase-short-tag"),
     pytest.param("foo/Bar", "repository name (foo/Bar) must be lowercase", id="uppercase-path"),
     pytest.param("Foo/Bar", "repository name (Bar) must be lowercase", id="uppercase-domain-and-path"),
     pytest.param("ghcr.io/Org/app", "repository name (Org/app) must be lowercase", id="uppercase-ghcr-org"),
@@ -233,9 +221,7 @@ INVALID = [
     pytest.param("ubuntu@sha256:" + "a" * 63, "exactly 64 lowercase hex characters (got 63)", id="sha256-63"),
     pytest.param("ubuntu@sha256:" + "a" * 65, "exactly 64 lowercase hex characters (got 65)", id="sha256-65"),
     pytest.param("ubuntu@sha256:" + "A" * 64, "exactly 64 lowercase hex characters", id="sha256-uppercase"),
-    pytest.param(
-        "ubuntu@sha512:" + "a" * 64, "exactly 128 lowercase hex characters (got 64)", id="sha512-64"
-    ),
+    pytest.param("ubuntu@sha512:" + "a" * 64, "exactly 128 lowercase hex characters (got 64)", id="sha512-64"),
     pytest.param("ubuntu@sha256:" + "g" * 64, "invalid digest", id="digest-non-hex"),
     pytest.param("ubuntu@md5:" + "a" * 32, "unsupported digest algorithm 'md5'", id="digest-unsupported"),
     pytest.param("ubuntu@SHA256:" + "a" * 64, "unsupported digest algorithm 'SHA256'", id="digest-algo-case"),
