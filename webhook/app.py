@@ -18,6 +18,7 @@ from typing import Any
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
+from starlette.requests import ClientDisconnect
 
 from webhook import logs, metrics
 from webhook.admission import ReviewError, make_response, parse_review, review
@@ -118,6 +119,8 @@ def create_app(state: AppState) -> FastAPI:
                     body = await read_body(request, state.max_body_bytes)
             except TimeoutError:
                 raise ReviewError(f"request body not received within {deadline:g}s", 408) from None
+            except ClientDisconnect:  # e.g. the apiserver gave up: nobody to answer, nothing went wrong here
+                raise ReviewError("client disconnected before the request body was complete", 400) from None
             review_obj = parse_review(body)
         except ReviewError as exc:
             metrics.ADMISSIONS.labels("invalid").inc()
