@@ -333,6 +333,13 @@ def markdown(result: dict) -> str:
                 + (f" ({ok[entry['p99_minus_floor_ms'] <= 2.0]})" if rate == "200" and body == "small" else "")
                 + f" | {target} |"
             )
+    client = ", ".join(
+        f"{entry['floor']['achieved_rate']:.0f} of {rate} req/s "
+        f"({body}, client CPU {entry['floor']['client_cpu_fraction']:.2f})"
+        for rate, per_body in result["latency"].items()
+        for body, entry in per_body.items()
+    )
+    lines.append(f"| fixed-rate client against the floor (not the bottleneck) | | {client} | | |")
     s = result["scaling"]
     lines.append(
         f"| µs/request, 10 / 1,000 / 10,000 rules (new image) | "
