@@ -142,7 +142,41 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 
 {{/* The rules file rendered from values. */}}
 {{- define "fpw.rulesFile" -}}
-{{- $cfg := dict "rules" (.Values.rules | default list) "podSelector" .Values.podSelector "optOutLabel" .Values.optOutLabel "warnUnmatched" .Values.warnUnmatched "annotate" .Values.annotate -}}
+{{- $cfg := dict "rules" (.Values.rules | default list) "podSelector" .Values.podSelector "optOutLabel" .Values.optOutLabel "warnUnmatched" .Values.warnUnmatched "annotate" .Values.annotate "missingSecrets" .Values.missingSecrets -}}
+{{- toYaml $cfg -}}
+{{- end -}}
+
+{{/* Is any cluster-facing feature on? ("true" or "") */}}
+{{- define "fpw.clusterFeatures" -}}
+{{- if or .Values.cluster.watchSecrets .Values.cluster.watchNamespaces .Values.cluster.sync.enabled -}}true{{- end -}}
+{{- end -}}
+
+{{- define "fpw.leaseName" -}}
+{{- default (printf "%s-sync" (include "fpw.fullname" .)) .Values.cluster.sync.leaderElection.leaseName -}}
+{{- end -}}
+
+{{- define "fpw.syncConfigMapName" -}}
+{{- printf "%s-sync" (include "fpw.fullname" .) -}}
+{{- end -}}
+
+{{/* The source Secrets the sync copies: cluster.sync.secrets, plus those of the rules if asked. */}}
+{{- define "fpw.syncSecretNames" -}}
+{{- $names := .Values.cluster.sync.secrets | default list -}}
+{{- if .Values.cluster.sync.secretsFromRules -}}
+{{- range .Values.rules -}}
+{{- $names = concat $names (kindIs "string" .secrets | ternary (list .secrets) .secrets) -}}
+{{- end -}}
+{{- end -}}
+{{- toJson ($names | uniq | sortAlpha) -}}
+{{- end -}}
+
+{{/* The sync config file rendered from values. */}}
+{{- define "fpw.syncFile" -}}
+{{- $s := .Values.cluster.sync -}}
+{{- $cfg := dict "sourceNamespace" .Release.Namespace "secrets" ($s.secrets | default list) "secretsFromRules" $s.secretsFromRules "namespaces" ($s.namespaces | default list) "excludeNamespaces" ($s.excludeNamespaces | default list) "resyncSeconds" $s.resyncSeconds -}}
+{{- if $s.namespaceSelector -}}
+{{- $_ := set $cfg "namespaceSelector" $s.namespaceSelector -}}
+{{- end -}}
 {{- toYaml $cfg -}}
 {{- end -}}
 
@@ -154,6 +188,22 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end -}}
 {{- if and (eq .Values.certs.mode "secret") (not .Values.webhook.caBundle) -}}
 {{- fail "certs.mode=secret needs webhook.caBundle: the base64 PEM CA that verifies certs.secretName" -}}
+{{- end -}}
+{{- $sync := .Values.cluster.sync -}}
+{{- if $sync.enabled -}}
+{{- if and $sync.secretsFromRules .Values.existingConfigMap -}}
+{{- fail "cluster.sync.secretsFromRules needs the rules in values, not existingConfigMap: list the Secrets in cluster.sync.secrets" -}}
+{{- end -}}
+{{- if not (include "fpw.syncSecretNames" . | fromJsonArray) -}}
+{{- fail "cluster.sync.enabled needs Secrets to copy: list them in cluster.sync.secrets (or set cluster.sync.secretsFromRules with rules)" -}}
+{{- end -}}
+{{- if and (not $sync.namespaces) (not $sync.namespaceSelector) -}}
+{{- fail "cluster.sync.namespaces and cluster.sync.namespaceSelector are both empty: that would copy the Secrets into every namespace; use namespaces: [\"*\"] if you mean it" -}}
+{{- end -}}
+{{- $le := $sync.leaderElection -}}
+{{- if not (and (gt (float64 $le.leaseDurationSeconds) (float64 $le.renewDeadlineSeconds)) (gt (float64 $le.renewDeadlineSeconds) (float64 $le.retryPeriodSeconds))) -}}
+{{- fail (printf "cluster.sync.leaderElection: need leaseDurationSeconds (%v) > renewDeadlineSeconds (%v) > retryPeriodSeconds (%v)" $le.leaseDurationSeconds $le.renewDeadlineSeconds $le.retryPeriodSeconds) -}}
+{{- end -}}
 {{- end -}}
 {{- if and .Values.webhook.clientConfig.url (not (hasPrefix "https://" .Values.webhook.clientConfig.url)) -}}
 {{- fail (printf "webhook.clientConfig.url must be an https:// URL, got %q" .Values.webhook.clientConfig.url) -}}
