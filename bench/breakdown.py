@@ -66,7 +66,7 @@ class _NoLogs:
     def info(*_: object, **__: object) -> None:
         pass
 
-    warning = error = info
+    warning = error = admission = info
 
 
 def _stepwise(steps: str, config: Any) -> FastAPI:

@@ -93,7 +93,7 @@ def _record(decision_fields: dict[str, Any], started: float) -> None:
     elapsed = time.perf_counter() - started
     metrics.LATENCY.observe(elapsed)
     decision_fields["duration_ms"] = round(elapsed * 1000, 3)
-    logs.info("admission", **decision_fields)
+    logs.admission(decision_fields)
 
 
 def create_app(state: AppState) -> FastAPI:

@@ -67,4 +67,6 @@ class ConfigReloader:
     async def watch(self, interval: float = 2.0) -> None:
         while True:
             await asyncio.sleep(interval)
-            self.reload_if_changed()
+            # Parsing thousands of rules takes seconds: off the event loop, admissions go on
+            # with the old rules until the new ones are swapped in.
+            await asyncio.to_thread(self.reload_if_changed)
