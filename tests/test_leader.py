@@ -122,7 +122,8 @@ def test_one_leader_at_a_time_and_takeover(
     assert took_release < 1.0, took_release
     # Not before the lease ran out (counted from the last renewal), not much after.
     assert TIMINGS["lease_duration"] - TIMINGS["retry_period"] - 0.1 < took_crash
-    assert took_crash < TIMINGS["lease_duration"] + 3 * TIMINGS["retry_period"], took_crash
+    # Upper bound: the lease, one retry to observe the last renewal, one to take over, and slack for a busy CI.
+    assert took_crash < TIMINGS["lease_duration"] + 2 * TIMINGS["retry_period"] + 0.75, took_crash
     lease = kubernetes.client.CoordinationV1Api(kube_api).read_namespaced_lease(third.name, third.namespace)
     assert lease.spec.lease_transitions == 2
     print(f"takeover after release: {took_release:.2f}s, after a crash: {took_crash:.2f}s")
@@ -150,7 +151,7 @@ def test_a_leader_cut_off_from_the_apiserver_stops_before_anyone_takes_over(
         stepped_down = time.monotonic() - cut
         wait_for(b.is_leader, TIMINGS["lease_duration"] + 2, "b takes over")
     assert not sampler.overlaps, sampler.overlaps[:5]
-    assert stepped_down <= TIMINGS["renew_deadline"] + 0.05
+    assert stepped_down <= TIMINGS["renew_deadline"] + 0.3
     assert events
     assert events[0][1] - cut > stepped_down
 
