@@ -98,13 +98,16 @@ class Env:
                 raise
             self.core.replace_namespaced_secret(name, self.source, body)
 
-    def start(self, identity: str = "pod-a", **timings: float) -> SecretSync:
+    def start(
+        self, identity: str = "pod-a", extra_names: Callable[[], list[str]] | None = None, **timings: float
+    ) -> SecretSync:
         sync = SecretSync(
             self.cp.api_client(),
             load_sync_config(self.config_path),
             identity=identity,
             lease_name=f"sync-{self.tag}",
             config_path=self.config_path,
+            extra_names=extra_names,
             **{**FAST, **timings},
         )
         sync.start()
@@ -242,6 +245,38 @@ def test_source_type_change_recreates_the_copies(env: Env, core_v1: kubernetes.c
     env.source_secret("pull", "t", kind="Opaque")
     wait_for(lambda: (read(core_v1, ns, "pull") or {}).get("type") == "Opaque", what="copy with the new type")
     assert sync.stats["error"] == 0
+
+
+def test_rule_names_unreadable_means_no_writes_and_the_source_namespace_is_never_touched(
+    env: Env, core_v1: kubernetes.client.CoreV1Api
+) -> None:
+    env.source_secret("from-rules", "r")
+    # A Secret in the source namespace that carries the owner label (say, a copy's YAML applied
+    # there by hand): it is not a copy, and is never deleted.
+    core_v1.create_namespaced_secret(
+        env.source,
+        {"metadata": {"name": "lookalike", "labels": {SYNCED_FROM_LABEL: env.source}}, "stringData": {"k": "v"}},
+    )
+    ns = env.target()
+    names: list[Any] = [["from-rules"]]
+
+    def rule_names() -> list[str]:
+        if isinstance(names[-1], Exception):
+            raise names[-1]
+        return names[-1]
+
+    env.write_config(secrets=[], secretsFromRules=True)
+    sync = env.start(extra_names=rule_names)
+    wait_for(lambda: env.copy_matches(ns, "from-rules", "r"), 10, "the copy of a rule's secret")
+    writes = sum(sync.stats.values())
+    names.append(RuntimeError("rules are being reloaded"))
+    time.sleep(1.0)  # several passes
+    assert env.copy_matches(ns, "from-rules", "r"), "a failure to read the names deleted the copies"
+    assert sum(sync.stats.values()) == writes
+    names.append([])
+    wait_for(lambda: read(core_v1, ns, "from-rules") is None, what="copy deleted once the rule is really gone")
+    assert read(core_v1, env.source, "lookalike") is not None
+    assert read(core_v1, env.source, "from-rules") is not None
 
 
 def test_two_replicas_never_both_write_and_the_second_takes_over(

@@ -349,7 +349,7 @@ class SecretSync:
             return
         self.namespaces.start()
         self.copies.start()
-        self._ensure_sources(self._wanted_names())
+        self._ensure_sources(self._wanted_names() or set())
         self.elector.start()
         self._thread = threading.Thread(target=self._run, name="secret-sync", daemon=True)
         self._thread.start()
@@ -415,13 +415,16 @@ class SecretSync:
         logs.info("sync config reloaded", secrets=list(config.secrets), namespaces=list(config.namespaces))
         self.kick()
 
-    def _wanted_names(self) -> set[str]:
+    def _wanted_names(self) -> set[str] | None:
+        """The source names now, or None if they cannot be known (then nothing is written at all:
+        a name missing by accident would otherwise delete its copies)."""
         names = set(self.config.secrets)
         if self.config.secrets_from_rules and self.extra_names is not None:
             try:
                 names.update(n for n in self.extra_names() if isinstance(n, str))
             except Exception:
-                logs.error("could not read the secret names of the rules", exc_info=True)
+                logs.error("could not read the secret names of the rules; skipping this sync pass", exc_info=True)
+                return None
         return names
 
     def _ensure_sources(self, names: set[str]) -> None:
@@ -455,6 +458,8 @@ class SecretSync:
             try:
                 self._maybe_reload()
                 names = self._wanted_names()
+                if names is None:
+                    continue
                 self._ensure_sources(names)
                 if not self.is_leader() or not self.synced():
                     continue
@@ -515,6 +520,8 @@ class SecretSync:
             if key in desired or self._awaiting(key, copy, now):
                 continue
             ns, name = key
+            if ns == self.source_namespace:
+                continue  # never anything in the source namespace, whatever its labels say
             info = namespaces.get(ns)
             if info is not None and info.terminating:
                 continue  # the namespace's deletion takes its Secrets along
