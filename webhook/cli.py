@@ -71,6 +71,27 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as exc:
         return _fail(f"cannot load the serving certificate from {cert_dir}: {exc}")
     state = AppState(config=config, max_body_bytes=args.max_body_bytes, body_timeout=args.body_timeout)
+    from webhook.cluster import ClusterFeatureError, build_cluster_features
+
+    try:
+        cache, sync = build_cluster_features(
+            args, rules_secret_names=lambda: {s for r in state.config.rules.rules for s in r.secrets}
+        )
+    except ClusterFeatureError as exc:
+        return _fail(str(exc))
+    except Exception as exc:
+        return _fail(f"cannot reach the Kubernetes API for --watch-*/--sync-config: {type(exc).__name__}: {exc}")
+    if cache is not None:
+        cache.start()
+        # Until the first list completes every Secret looks missing: wait, so a restart does not
+        # greet pods with false warnings (mutation ignores an unsynced cache anyway).
+        if not cache.wait_synced(args.cache_sync_timeout):
+            logs.warning(
+                "cluster cache not synced yet; serving without it until it is", timeout_s=args.cache_sync_timeout
+            )
+        state.cluster = cache
+    if sync is not None:
+        sync.start()
     options = ServeOptions(
         host=args.host,
         port=args.port,
@@ -91,7 +112,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         config=args.config,
         version=__version__,
     )
-    run(options, state, tls)
+    try:
+        run(options, state, tls)
+    finally:
+        if sync is not None:
+            sync.stop()  # releases the Lease so a standby takes over at once
+        if cache is not None:
+            cache.stop()
     logs.info("stopped")
     return EXIT_OK
 
@@ -304,6 +331,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--cert-check-interval", type=float, default=300, help="seconds between certificate checks")
     _add_cert_arguments(serve, required=False)
+    from webhook.cluster import add_cluster_arguments
+
+    add_cluster_arguments(serve)
+    serve.add_argument(
+        "--cache-sync-timeout", type=float, default=30.0, help="seconds to wait for the cluster cache at start"
+    )
     serve.set_defaults(func=cmd_serve)
 
     init = sub.add_parser(
