@@ -512,7 +512,7 @@ TEMPLATE_CASES: list[Any] = [
             ),
             ("Deployment", "spec.template.spec.initContainers[0].securityContext.readOnlyRootFilesystem", True),
             ("Deployment", "spec.template.spec.containers[0].resources.limits.memory", "256Mi"),
-            ("Deployment", "spec.template.spec.containers[0].resources.requests.cpu", "50m"),
+            ("Deployment", "spec.template.spec.containers[0].resources.requests.cpu", "250m"),
             # The webhook's own pods opt out, besides the namespace exclusion.
             ("Deployment", 'spec.template.metadata.labels."pullsecrets-injection"', "disabled"),
         ],
