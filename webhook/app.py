@@ -29,6 +29,10 @@ DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024  # etcd caps objects at ~1.5 MiB; a rev
 DEFAULT_BODY_TIMEOUT = 10.0  # the apiserver's own default webhook timeout
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m)$")
 _JSON = "application/json"
+# While draining (readiness false after SIGTERM) every answer ends its connection: the client
+# reconnects through the Service to a ready replica, instead of reusing this connection until
+# the server closes it under a request in flight (Go's client does not retry a POST on EOF).
+_CLOSE = {"connection": "close"}
 
 
 @dataclass
@@ -138,7 +142,7 @@ def create_app(state: AppState) -> FastAPI:
             metrics.ADMISSIONS.labels("error").inc()
             logs.error("admission failed; pod admitted without injection", exc_info=True, uid=uid)
             body_out = make_response(uid, warnings=[f"pullsecrets-webhook: internal error ({type(exc).__name__})"])
-            return Response(orjson.dumps(body_out), media_type=_JSON)
+            return Response(orjson.dumps(body_out), media_type=_JSON, headers=None if state.ready else _CLOSE)
 
         _labelled(metrics.ADMISSIONS, decision.outcome).inc()
         fields: dict[str, Any] = {
@@ -168,7 +172,7 @@ def create_app(state: AppState) -> FastAPI:
                 fields["invalid_images"] = [p.field for p in mutation.problems]
         out = orjson.dumps(decision.response)
         _record(fields, started)
-        return Response(out, media_type=_JSON)
+        return Response(out, media_type=_JSON, headers=None if state.ready else _CLOSE)
 
     @app.get("/healthz")
     async def healthz() -> Response:
