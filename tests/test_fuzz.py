@@ -25,6 +25,7 @@ import copy
 import os
 import re
 import string
+import time
 from collections import Counter
 from typing import Any
 
@@ -281,16 +282,42 @@ def test_non_string_images_are_invalid_references(value):
     assert check_reference(value) is None
 
 
+PATHOLOGICAL = {
+    "alnum-run": "a" * 100_000 + "!",
+    "dotted-labels": "a." * 50_000 + "!",
+    "dashes": ("a" + "-" * 1000) * 100 + "!",
+    "slashes": "a/" * 50_000 + "A",
+    "underscores": "a_" * 50_000 + "_",
+    "double-underscores": "a" + "__" * 50_000 + "a",
+    "ipv6-unterminated": "[" + ":" * 100_000,
+    "long-tag": "a" * 100_000 + ":" + "b" * 100_000,
+    "long-digest": "a@sha256:" + "0" * 100_000,
+    "host-and-junk-digest": "x.y/" + "a" * 100_000 + "@" + "A" * 100_000,
+    "digest-algorithm-run": "a@" + "a+" * 50_000 + ":" + "0" * 64,
+}
+
+
+@pytest.mark.parametrize("text", PATHOLOGICAL.values(), ids=PATHOLOGICAL.keys())
+def test_pathological_references_are_refused_in_linear_time(text):
+    """No regular expression of the grammar backtracks badly: 100k-character inputs take milliseconds."""
+    started = time.perf_counter()
+    for i in range(5):  # distinct strings, so the cache cannot answer
+        check_reference(text + "x" * i)
+    elapsed = (time.perf_counter() - started) / 5
+    assert elapsed < 0.05, f"{elapsed * 1000:.1f} ms"
+
+
 def test_grammar_strategies_reach_both_outcomes():
     """The oracle tests are only as good as their inputs: both verdicts must come up often."""
     outcomes: Counter[bool] = Counter()
 
-    @settings(FUZZ, max_examples=200, database=None)
+    @settings(FUZZ, max_examples=200, database=None, derandomize=True)
     @given(grammar_reference())
     def sample(text):
         outcomes[oracle(text) is not None] += 1
 
     sample()
+    print(f"\ngrammar references: {dict(outcomes)} (valid: True)")
     assert outcomes[True] > 60, outcomes
     assert outcomes[False] > 10, outcomes
 
@@ -323,7 +350,18 @@ CONFIGS: list[Config] = [
         "matchLabels selector",
     ),
     parse_config({"rules": [], "podSelector": {}}, "no rules"),
+    parse_config(
+        {
+            "rules": [
+                {"registry": "docker.io", "secrets": ["team-dockerhub"], "namespaces": ["team-*", "flyte?"]},
+                {"registry": "ghcr.io", "secrets": ["ghcr-ml"], "namespaceSelector": {"matchLabels": {"team": "ml"}}},
+                *RULES,
+            ]
+        },
+        "namespace-scoped rules",
+    ),
 ]
+NAMESPACES = st.one_of(st.sampled_from([None, "team-a", "flyte1", "flytesnacks-development", ""]), st.text(max_size=8))
 
 LABEL_KEYS = ["execution-id", "node-id", "pullsecrets-injection", "team", "tier", "skip", "app"]
 label_value = st.one_of(
@@ -397,10 +435,10 @@ def names_of(entries: Any) -> list[Any]:
     return [e.get("name") for e in entries if isinstance(e, dict)] if isinstance(entries, list) else []
 
 
-def check_mutation(pod_obj: dict[str, Any], config: Config) -> None:
+def check_mutation(pod_obj: dict[str, Any], config: Config, namespace: str | None = None) -> None:
     TRIED["mutate_pod"] += 1
     before = copy.deepcopy(pod_obj)
-    mutation = mutate_pod(pod_obj, config)
+    mutation = mutate_pod(pod_obj, config, namespace)
     assert pod_obj == before, "mutate_pod modified its input"
     assert (mutation.outcome is Outcome.PATCHED) == bool(mutation.patch)
     assert len(mutation.warnings) <= MAX_WARNINGS
@@ -433,14 +471,14 @@ def check_mutation(pod_obj: dict[str, Any], config: Config) -> None:
         if config.annotate and isinstance(before.get("metadata"), dict):
             recorded = patched["metadata"]["annotations"][INJECTED_ANNOTATION].split(",")
             assert set(mutation.added) <= set(recorded)
-    again = mutate_pod(patched, config)
+    again = mutate_pod(patched, config, namespace)
     assert again.patch == [], f"second run wants {again.patch}"
 
 
 @FUZZ
-@given(pod, st.sampled_from(CONFIGS))
-def test_mutation_properties_on_arbitrary_pods(pod_obj, config):
-    check_mutation(pod_obj, config)
+@given(pod, st.sampled_from(CONFIGS), NAMESPACES)
+def test_mutation_properties_on_arbitrary_pods(pod_obj, config, namespace):
+    check_mutation(pod_obj, config, namespace)
 
 
 @FUZZ
@@ -448,9 +486,10 @@ def test_mutation_properties_on_arbitrary_pods(pod_obj, config):
     st.lists(image_value, max_size=6),
     st.lists(image_value, max_size=2),
     st.lists(secret_entry, max_size=4) | st.none(),
-    st.sampled_from(CONFIGS[:3]),
+    st.sampled_from([*CONFIGS[:3], CONFIGS[4]]),
+    NAMESPACES,
 )
-def test_mutation_properties_on_flyte_pods(images, init_images, existing, config):
+def test_mutation_properties_on_flyte_pods(images, init_images, existing, config, namespace):
     """In-scope pods (labels match every config), so the injection path runs on almost every example."""
     spec: dict[str, Any] = {
         "containers": [{"name": f"c{i}", "image": img} for i, img in enumerate(images)],
@@ -459,7 +498,7 @@ def test_mutation_properties_on_flyte_pods(images, init_images, existing, config
     if existing is not None:
         spec["imagePullSecrets"] = existing
     pod_obj = {"metadata": {"labels": {"execution-id": "e", "node-id": "n", "team": "ml"}}, "spec": spec}
-    check_mutation(pod_obj, config)
+    check_mutation(pod_obj, config, namespace)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -547,7 +586,7 @@ def test_admission_on_near_valid_reviews(review_obj, config):
 @given(
     st.fixed_dictionaries(
         {"uid": st.text(min_size=1, max_size=8), "kind": st.just({"group": "", "version": "v1", "kind": "Pod"})},
-        optional={"object": pod, "dryRun": st.booleans(), "namespace": st.text(max_size=6)},
+        optional={"object": pod, "dryRun": st.booleans(), "namespace": NAMESPACES},
     ),
     st.sampled_from(CONFIGS),
 )
