@@ -174,9 +174,7 @@ def parse_image(reference: str) -> ImageReference:
     """
     if type(reference) is not str:
         if not isinstance(reference, str):
-            raise InvalidImageReference(
-                f"image reference must be a string, not {type(reference).__name__}", reference
-            )
+            raise InvalidImageReference(f"image reference must be a string, not {type(reference).__name__}", reference)
         # A str subclass may override hashing/equality; cache on the plain value.
         reference = str.__str__(reference)
     return _parse_image_cached(reference)
@@ -215,8 +213,7 @@ def _check_path(path: str, reference: str) -> None:
     for component in path.split("/"):
         if not component:
             raise InvalidImageReference(
-                f"repository name ({_clip(path)}) has an empty path component "
-                "(leading, trailing or double slash)",
+                f"repository name ({_clip(path)}) has an empty path component (leading, trailing or double slash)",
                 reference,
             )
         if not _PATH_COMPONENT_RE.fullmatch(component):
