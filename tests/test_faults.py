@@ -24,6 +24,7 @@ import contextlib
 import itertools
 import os
 import signal
+import socket
 import ssl
 import threading
 import time
@@ -33,13 +34,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
+import orjson
 import pytest
 import yaml
 from kubernetes.client.rest import ApiException
 
 from tests.e2e import SCOPE_LABEL, pod_manifest, pull_secret_names, registered, wait_for_injection, wait_until
+from tests.reviews import flyte_pod, review_for
 from tests.webhook_process import WebhookProcess, free_port
-from webhook.certs import KeyPair, generate_ca, generate_serving_cert
+from webhook.certs import KeyPair, generate_ca, generate_serving_cert, load_certificate
 
 SOAK = os.environ.get("FPW_SOAK", "") not in ("", "0")
 ROUNDS = 5 if SOAK else 1  # each fault is injected this many times per replica (or per test)
@@ -221,26 +225,17 @@ class SecretVolume:
 
 
 def served_certificate(port: int) -> bytes:
+    """The certificate a replica presents to a new handshake right now."""
     ctx = ssl.create_default_context()
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
-    with ssl_connection(port, ctx) as tls:
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw, ctx.wrap_socket(raw) as tls:
         der = tls.getpeercert(binary_form=True)
     assert der is not None
     return ssl.DER_cert_to_PEM_cert(der).encode()
 
 
-@contextlib.contextmanager
-def ssl_connection(port: int, ctx: ssl.SSLContext) -> Any:
-    import socket
-
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw, ctx.wrap_socket(raw) as tls:
-        yield tls
-
-
 def same_cert(pem_a: bytes, pem_b: bytes) -> bool:
-    from webhook.certs import load_certificate
-
     return load_certificate(pem_a) == load_certificate(pem_b)
 
 
@@ -264,6 +259,9 @@ class Fleet:
         self.volume = SecretVolume(base / "certs")
         self.ports = [free_port(), free_port()]
         self.replicas: list[WebhookProcess] = []
+        self.lb: LoadBalancer  # set by the fixture once the balancer runs
+        self.scope = ""  # the registration's scope label value
+        self.namespaces: list[str] = []
 
     def spawn(self, port: int) -> WebhookProcess:
         args = ("--shutdown-delay", str(SHUTDOWN_DELAY), "--graceful-timeout", "5", "--no-generate-certs")
@@ -297,8 +295,6 @@ class Fleet:
         self.replicas[i] = self.spawn(self.ports[i])
 
     def metric(self, i: int, name: str) -> float | None:
-        import httpx
-
         replica = self.replicas[i]
         with httpx.Client(verify=False, timeout=5) as client:
             text = client.get(replica.base_url + "/metrics").text
@@ -320,7 +316,6 @@ def fleet(control_plane, kube_api, core_v1, tmp_path_factory):
             with registered(kube_api, url, fleet.volume.ca.cert_pem, failure_policy="Ignore") as scope:
                 fleet.lb = lb
                 fleet.scope = scope
-                fleet.namespaces = []
                 yield fleet
                 for ns in fleet.namespaces:
                     with contextlib.suppress(ApiException):
@@ -576,11 +571,6 @@ def test_answers_close_their_connection_while_draining(tmp_path):
     Otherwise the client keeps sending on its pooled connection until the server closes it at the
     end of the delay, and a request sent at that moment fails (EOF); the apiserver does not retry.
     """
-    import httpx
-    import orjson
-
-    from tests.reviews import flyte_pod, review_for
-
     rules = tmp_path / "rules.yaml"
     rules.write_text(yaml.safe_dump(RULES_V1))
     body = orjson.dumps(review_for(flyte_pod("ubuntu")))

@@ -65,6 +65,7 @@ class Release:
 
     def __init__(self, control_plane: Any, kube_api: kubernetes.client.ApiClient, mode: str) -> None:
         self.kube_api = kube_api
+        self.mode = mode
         self.id = uuid.uuid4().hex[:6]
         self.namespace = f"sec-{self.id}"
         self.release = f"sec-{self.id}"
@@ -133,7 +134,6 @@ class Release:
 @pytest.fixture(scope="module", params=["self", "cert-manager", "secret"])
 def release(request, control_plane, kube_api) -> Iterator[Release]:
     rel = Release(control_plane, kube_api, request.param)
-    rel.mode = request.param
     yield rel
     rel.delete()
 
