@@ -109,3 +109,17 @@ async def test_metrics_count_results(client):
 async def test_docs_are_not_exposed(client):
     assert (await client.get("/docs")).status_code == 404
     assert (await client.get("/openapi.json")).status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status", "error"),
+    [
+        ("GET", "/nope", 404, "Not Found"),
+        ("GET", "/mutate", 405, "Method Not Allowed"),
+        ("PUT", "/healthz", 405, "Method Not Allowed"),
+    ],
+)
+async def test_unknown_paths_and_methods_answer_in_the_error_shape(client, method, path, status, error):
+    r = await client.request(method, path)
+    assert r.status_code == status
+    assert r.json() == {"error": error, "status": status}

@@ -18,6 +18,7 @@ from typing import Any
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from webhook import logs, metrics
@@ -108,6 +109,14 @@ def create_app(state: AppState) -> FastAPI:
         openapi_url=None,
     )
     app.state.webhook = state
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_request: Request, exc: StarletteHTTPException) -> Response:
+        # Unknown paths and wrong methods answer in the same {"error", "status"} shape as the rest.
+        response = _error(exc.status_code, str(exc.detail))
+        if exc.headers:
+            response.headers.update(exc.headers)
+        return response
 
     @app.post("/mutate")
     async def mutate(request: Request) -> Response:
