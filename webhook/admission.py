@@ -10,7 +10,7 @@ webhook's failurePolicy.
 from __future__ import annotations
 
 import base64
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -43,7 +43,6 @@ class Decision:
     operation: str | None = None
     dry_run: bool = False
     mutation: Mutation | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def parse_review(body: bytes) -> dict[str, Any]:

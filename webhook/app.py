@@ -171,7 +171,7 @@ def create_app(state: AppState) -> FastAPI:
             if mutation.problems:
                 metrics.INVALID_IMAGES.inc(len(mutation.problems))
             for secret in mutation.missing_secrets:
-                metrics.MISSING_SECRETS.labels(secret).inc()
+                _labelled(metrics.MISSING_SECRETS, secret).inc()
             fields["added"] = list(mutation.added)
             if mutation.unmatched_registries:
                 fields["unmatched"] = list(mutation.unmatched_registries)

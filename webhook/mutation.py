@@ -40,13 +40,17 @@ class ImageProblem:
 class Mutation:
     outcome: Outcome
     patch: list[dict[str, Any]] = field(default_factory=list)
-    added: tuple[str, ...] = ()
-    # secret -> registry of the first image that called for it (for metrics)
+    # secret added -> registry of the first image that called for it, in the order added
     added_for_registry: dict[str, str] = field(default_factory=dict)
     unmatched_registries: tuple[str, ...] = ()
     problems: tuple[ImageProblem, ...] = ()
     warnings: tuple[str, ...] = ()
     missing_secrets: tuple[str, ...] = ()  # wanted secrets the namespace lacks (needs the Secret cache)
+
+    @property
+    def added(self) -> tuple[str, ...]:
+        """The secrets the patch adds, in order."""
+        return tuple(self.added_for_registry)
 
 
 def _escape_pointer(token: str) -> str:
@@ -139,10 +143,10 @@ def mutate_pod(
     unmatched: dict[str, str] = {}  # registry -> first image with no rule
     rules = config.rules
     labels = None
-    if rules.scoped and namespace is not None and cluster is not None and rules.needs_namespace_labels:
+    if rules.needs_namespace_labels and namespace is not None and cluster is not None:
         labels = cluster.namespace_labels(namespace)
     for _, ref in images:
-        secrets = rules.secrets_for(ref, namespace, labels) if rules.scoped else rules.secrets_for(ref)
+        secrets = rules.secrets_for(ref, namespace, labels)
         if not secrets:
             unmatched.setdefault(ref.registry, str(ref))
         for secret in secrets:
@@ -178,7 +182,6 @@ def mutate_pod(
     return Mutation(
         Outcome.PATCHED if patch else Outcome.UNCHANGED,
         patch=patch,
-        added=tuple(to_add),
         added_for_registry={s: wanted[s] for s in to_add},
         unmatched_registries=tuple(unmatched),
         problems=tuple(problems),

@@ -24,6 +24,7 @@ import fnmatch
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from webhook.images import ImageReference, InvalidImageReference, normalize_registry_host, parse_image
 from webhook.selectors import LabelSelector
@@ -248,7 +249,16 @@ class RuleSet:
     readers never see a half-loaded rule list.
     """
 
-    __slots__ = ("_cache", "_exact", "_glob_shapes", "_globs", "_index_cache", "_scoped", "rules")
+    __slots__ = (
+        "_cache",
+        "_exact",
+        "_glob_shapes",
+        "_globs",
+        "_index_cache",
+        "_scoped",
+        "needs_namespace_labels",
+        "rules",
+    )
 
     def __init__(self, rules: Sequence[Rule]) -> None:
         self.rules: tuple[Rule, ...] = tuple(rules)
@@ -278,15 +288,8 @@ class RuleSet:
         self._cache: dict[tuple[str, str], tuple[str, ...]] = {}
         self._index_cache: dict[tuple[str, str], tuple[int, ...]] = {}
         self._scoped = any(rule.scope is not None for rule in self.rules)
-
-    @property
-    def scoped(self) -> bool:
-        """Whether some rule depends on the namespace."""
-        return self._scoped
-
-    @property
-    def needs_namespace_labels(self) -> bool:
-        return any(r.scope is not None and r.scope.selector is not None for r in self.rules)
+        # Fixed per rule set: computed once here, not on every admission.
+        self.needs_namespace_labels = any(r.scope is not None and r.scope.selector is not None for r in self.rules)
 
     def __len__(self) -> int:
         return len(self.rules)
@@ -322,17 +325,9 @@ class RuleSet:
             return self._scoped_secrets_for(image, namespace, namespace_labels)
         key = (image.registry, image.repository)
         cached = self._cache.get(key)
-        if cached is not None:
-            return cached
-        seen: dict[str, None] = {}
-        for i in self.matching_rules(image):
-            for secret in self.rules[i].secrets:
-                seen.setdefault(secret, None)
-        result = tuple(seen)
-        if len(self._cache) >= _CACHE_LIMIT:
-            self._cache.clear()
-        self._cache[key] = result
-        return result
+        if cached is None:
+            cached = _remember(self._cache, key, self._secrets_of(self.matching_rules(image)))
+        return cached
 
     def _scoped_secrets_for(
         self, image: ImageReference, namespace: str | None, labels: Mapping[str, str] | None
@@ -341,21 +336,27 @@ class RuleSet:
         key = (image.registry, image.repository)
         indexes = self._index_cache.get(key)
         if indexes is None:
-            indexes = tuple(self.matching_rules(image))
-            if len(self._index_cache) >= _CACHE_LIMIT:
-                self._index_cache.clear()
-            self._index_cache[key] = indexes
+            indexes = _remember(self._index_cache, key, tuple(self.matching_rules(image)))
+        rules = self.rules
+        return self._secrets_of(
+            i for i in indexes if (scope := rules[i].scope) is None or scope.matches(namespace, labels)
+        )
+
+    def _secrets_of(self, indexes: Iterable[int]) -> tuple[str, ...]:
+        """The secrets of these rules, deduplicated, in rule order."""
         seen: dict[str, None] = {}
         for i in indexes:
-            rule = self.rules[i]
-            if rule.scope is None or rule.scope.matches(namespace, labels):
-                for secret in rule.secrets:
-                    seen.setdefault(secret, None)
+            for secret in self.rules[i].secrets:
+                seen.setdefault(secret, None)
         return tuple(seen)
 
-    def secrets_for_reference(self, reference: str) -> tuple[str, ...]:
-        """Like secrets_for, from an image string; raises InvalidImageReference."""
-        return self.secrets_for(parse_image(reference))
+
+def _remember(cache: dict[Any, Any], key: Any, value: Any) -> Any:
+    """Store in a bounded memo: cleared whole when full (lookups repeat far more than they vary)."""
+    if len(cache) >= _CACHE_LIMIT:
+        cache.clear()
+    cache[key] = value
+    return value
 
 
 __all__ = [
