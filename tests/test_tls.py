@@ -18,13 +18,15 @@ from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from webhook import certs
+from webhook.app import AppState
 from webhook.certs import KeyPair
-from webhook.tls import ReloadingTLS, server_ssl_context, uvicorn_ssl_override
+from webhook.config import parse_config
+from webhook.server import ServeOptions, build_server
+from webhook.tls import ReloadingTLS, server_ssl_context
 
 HOSTNAME = "localhost"
 LOOPS = ["asyncio", "uvloop"]  # uvicorn's loop="auto" picks uvloop when installed
@@ -585,23 +587,15 @@ def test_init_requires_a_valid_pair(cert_dir: Path, case: str, error: type[Excep
 # --- uvicorn ------------------------------------------------------------------------------------
 
 
-async def _hello_app(scope: dict, receive: Callable, send: Callable) -> None:
-    assert scope["type"] == "http"
-    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
-    await send({"type": "http.response.body", "body": b"ok"})
-
-
-@pytest.mark.parametrize("loop", LOOPS)
-def test_uvicorn_serves_rotated_certificate(cert_dir: Path, loop: str) -> None:
-    _loop_factory(loop)  # skips if unavailable
+def test_webhook_server_serves_rotated_certificate(cert_dir: Path) -> None:
+    """The production hookup (webhook.server.build_server) serves whatever ReloadingTLS holds."""
     first, second = issue(name="ca-1"), issue(name="ca-2")
     install(cert_dir, first)
     tls = reloading(cert_dir)
-    config = uvicorn.Config(_hello_app, lifespan="off", log_level="warning", loop=loop)
-    config.load()
-    uvicorn_ssl_override(config, tls)
-    assert config.ssl is tls.ssl_context
-    server = uvicorn.Server(config)
+    state = AppState(config=parse_config({}))
+    server = build_server(ServeOptions(), state, tls)
+    server.config.load()
+    assert server.config.ssl is tls.ssl_context
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
@@ -613,24 +607,16 @@ def test_uvicorn_serves_rotated_certificate(cert_dir: Path, loop: str) -> None:
             assert thread.is_alive(), "uvicorn exited"
             assert time.monotonic() < deadline, "uvicorn did not start"
             time.sleep(0.01)
-        url = f"https://127.0.0.1:{port}/"
+        url = f"https://127.0.0.1:{port}/healthz"
         with httpx.Client(verify=trusting(first.ca.cert_pem)) as client:
-            assert client.get(url).text == "ok"
+            assert client.get(url).json() == {"status": "ok"}
         install(cert_dir, second)
         assert tls.reload_if_changed()
         with httpx.Client(verify=trusting(second.ca.cert_pem)) as client:
-            assert client.get(url).text == "ok"
+            assert client.get(url).json() == {"status": "ok"}
         with httpx.Client(verify=trusting(first.ca.cert_pem)) as client, pytest.raises(httpx.ConnectError):
             client.get(url)
     finally:
         server.should_exit = True
         thread.join(10)
         sock.close()
-
-
-def test_uvicorn_ssl_override_requires_loaded_config(cert_dir: Path) -> None:
-    install(cert_dir, issue())
-    tls = reloading(cert_dir)
-    config = uvicorn.Config(_hello_app, lifespan="off")
-    with pytest.raises(RuntimeError, match="load"):
-        uvicorn_ssl_override(config, tls)

@@ -116,7 +116,9 @@ async def serve(options: ServeOptions, state: AppState, tls: ReloadingTLS) -> No
     # Measured: gen1/gen2 pauses of 18-39 ms under load became under 1.2 ms.
     gc.collect()
     gc.freeze()
-    tasks = [asyncio.create_task(_watch_tls(tls, options.reload_interval))]
+    # Read at scrape time, so it follows every reload without the watcher knowing about metrics.
+    metrics.CERT_EXPIRY.set_function(lambda: tls.not_after().timestamp())
+    tasks = [asyncio.create_task(tls.watch(options.reload_interval))]
     if options.cert_manager is not None:
         tasks.append(asyncio.create_task(options.cert_manager.watch()))
     if options.config_path is not None:
@@ -130,15 +132,6 @@ async def serve(options: ServeOptions, state: AppState, tls: ReloadingTLS) -> No
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-
-
-async def _watch_tls(tls: ReloadingTLS, interval: float) -> None:
-    metrics.CERT_EXPIRY.set(tls.not_after().timestamp())
-    while True:
-        await asyncio.sleep(interval)
-        # File reads and context building take milliseconds: keep them off the event loop.
-        if await asyncio.to_thread(tls.reload_if_changed):
-            metrics.CERT_EXPIRY.set(tls.not_after().timestamp())
 
 
 def run(options: ServeOptions, state: AppState, tls: ReloadingTLS) -> None:

@@ -21,12 +21,8 @@ import ssl
 import threading
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from webhook import certs
-
-if TYPE_CHECKING:
-    import uvicorn
 
 log = logging.getLogger(__name__)
 
@@ -173,17 +169,3 @@ class ReloadingTLS:
                 self._keyfile,
                 reason,
             )
-
-
-def uvicorn_ssl_override(config: uvicorn.Config, tls: ReloadingTLS) -> None:
-    """Make uvicorn serve through `tls`; call after `config.load()`, which builds its own `config.ssl`.
-
-    uvicorn's Server only reads `config.ssl` (in `loop.create_server(..., ssl=config.ssl)`), and only
-    calls `load()` itself when `config.loaded` is False, so this must run in the serving process after
-    loading. No ssl_certfile needs to be set on the Config (it only changes the startup log's scheme).
-    """
-    if not config.loaded:
-        raise RuntimeError("call config.load() first: it would replace config.ssl")
-    if getattr(config, "http2", False):
-        raise ValueError("the webhook TLS context offers ALPN http/1.1 only; HTTP/2 is not supported")
-    config.ssl = tls.ssl_context
