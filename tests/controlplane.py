@@ -41,8 +41,11 @@ import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from cryptography.x509.oid import NameOID
 from kubernetes.client.rest import ApiException
+
+from webhook.certs import generate_ca
 
 # Pins: keep in step with hack/control-plane-binaries.sh (which honours the same variables).
 KUBE_VERSION = os.environ.get("KUBE_VERSION") or "v1.36.3"
@@ -217,38 +220,10 @@ def _stop_process(proc: subprocess.Popen[bytes] | None, term_timeout: float, kil
     proc.wait(timeout=kill_timeout)
 
 
-def _ca_and_key(common_name: str) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
-    """A throwaway CA (EC P-256: fast to generate) valid for a day."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                key_cert_sign=True,
-                crl_sign=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    return key, cert
+def _ca_and_key(common_name: str) -> tuple[PrivateKeyTypes, x509.Certificate]:
+    """A throwaway CA valid for a day (the webhook's own generator), as objects to sign client certs with."""
+    ca = generate_ca(common_name, validity=dt.timedelta(days=1))
+    return serialization.load_pem_private_key(ca.key_pem, password=None), x509.load_pem_x509_certificate(ca.cert_pem)
 
 
 _DIR_PREFIX = "fpw-control-plane-"
@@ -331,7 +306,7 @@ class ControlPlane:
         self.admin_token = secrets.token_urlsafe(32)
         self.startup_seconds: float | None = None
         self._kept_logs: dict[str, str] = {}
-        self._client_ca: tuple[ec.EllipticCurvePrivateKey, x509.Certificate] | None = None
+        self._client_ca: tuple[PrivateKeyTypes, x509.Certificate] | None = None
         self._lock = threading.Lock()
 
     # ---- lifecycle -------------------------------------------------------------------------------

@@ -12,7 +12,6 @@ import http.server
 import json
 import ssl
 import threading
-from pathlib import Path
 
 import pytest
 import yaml
@@ -46,10 +45,8 @@ RULES = {
 
 @pytest.fixture(scope="module")
 def webhook(tmp_path_factory, control_plane):
-    base = tmp_path_factory.mktemp("e2e-webhook")
-    config = base / "rules.yaml"
-    config.write_text(yaml.safe_dump(RULES))
-    with WebhookProcess(config, base / "certs") as proc:
+    with WebhookProcess.for_rules(tmp_path_factory.mktemp("e2e-webhook"), RULES) as proc:
+        assert proc.ca_file.read_bytes().startswith(b"-----BEGIN CERTIFICATE-----")
         yield proc
 
 
@@ -270,7 +267,3 @@ def test_webhook_down_with_failure_policy_ignore_loses_no_pod(webhook, dead_url,
             assert stored.metadata.name == "survivor"
             assert pull_secret_names(stored) == []
             assert [p.metadata.name for p in core_v1.list_namespaced_pod(ns).items] == ["survivor"]
-
-
-def test_webhook_ca_file_exists(webhook):
-    assert Path(webhook.ca_file).read_bytes().startswith(b"-----BEGIN CERTIFICATE-----")

@@ -16,7 +16,7 @@ from kubernetes.client.rest import ApiException
 
 from tests.e2e import SCOPE_LABEL, pod_manifest, pull_secret_names, registered, wait_for_injection, wait_until
 from tests.webhook_process import REPO, WebhookProcess, free_port
-from webhook.certplan import CertOptions, plan
+from webhook.certplan import CertOptions
 from webhook.certs import generate_ca, generate_serving_cert, split_pem_bundle, verify_serving_cert
 
 pytestmark = pytest.mark.e2e
@@ -251,10 +251,3 @@ def test_rotation_under_a_stream_of_pod_creations_loses_no_admission(setup, core
         # the served certificate now chains to the new CA only
         stored = core_v1.create_namespaced_pod(setup.flyte_ns, pod_manifest("ubuntu"))
         assert pull_secret_names(stored) == ["dockerhub"]
-
-
-def test_plan_is_deterministic_about_reuse():
-    """Sanity for the e2e assumptions: a just-created chain needs nothing."""
-    opts = CertOptions(namespace="n", service="s", secret="x")
-    material, _ = plan(None, opts)
-    assert plan(material, opts)[1] == []

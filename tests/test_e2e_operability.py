@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import httpx
 import pytest
-import yaml
 
 from tests.e2e import SCOPE_LABEL, pod_manifest, pull_secret_names, registered, wait_for_injection, wait_until
 from tests.webhook_process import WebhookProcess
@@ -21,10 +20,7 @@ RULES = {
 
 @pytest.fixture(scope="module")
 def webhook(tmp_path_factory, control_plane):
-    base = tmp_path_factory.mktemp("ops")
-    config = base / "rules.yaml"
-    config.write_text(yaml.safe_dump(RULES))
-    with WebhookProcess(config, base / "certs") as proc:
+    with WebhookProcess.for_rules(tmp_path_factory.mktemp("ops"), RULES) as proc:
         yield proc
 
 

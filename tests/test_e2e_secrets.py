@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-import yaml
 
 from tests.e2e import SCOPE_LABEL, pod_manifest, pull_secret_names, registered, wait_for_injection, wait_until
 from tests.webhook_process import WebhookProcess
@@ -22,11 +21,8 @@ RULES = {
 
 @pytest.fixture(scope="module")
 def webhook(tmp_path_factory, control_plane):
-    base = tmp_path_factory.mktemp("aware")
-    config = base / "rules.yaml"
-    config.write_text(yaml.safe_dump(RULES))
     args = ("--watch-secrets", "--watch-namespaces", "--kubeconfig", str(control_plane.kubeconfig_path))
-    with WebhookProcess(config, base / "certs", extra_args=args) as proc:
+    with WebhookProcess.for_rules(tmp_path_factory.mktemp("aware"), RULES, extra_args=args) as proc:
         yield proc
 
 

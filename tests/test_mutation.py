@@ -82,7 +82,8 @@ def test_patch_adds_exactly_the_missing_secrets_and_is_idempotent(case, p, expec
     assert names(patched) == expected
     # the user's entries are untouched and in place
     before = p["spec"].get("imagePullSecrets") or []
-    assert patched["spec"]["imagePullSecrets"][: len(before)] == before if before else True
+    if before:
+        assert patched["spec"]["imagePullSecrets"][: len(before)] == before
     # reinvocation adds nothing
     again = mutate_pod(patched, CONFIG)
     assert again.patch == []

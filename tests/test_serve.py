@@ -2,10 +2,12 @@
 
 import contextlib
 import signal
+import socket
 import ssl
 import stat
 import subprocess
 import sys
+import threading
 
 import httpx
 import jsonpatch
@@ -67,8 +69,35 @@ def test_tls_below_1_2_is_refused(webhook):
     ctx.minimum_version = ctx.maximum_version = ssl.TLSVersion.TLSv1_1
     with contextlib.suppress(ssl.SSLError):
         ctx.set_ciphers("ALL:@SECLEVEL=0")
+    # Control: this client does complete a TLS 1.1 handshake with a server that allows it, so the
+    # refusal below is the webhook's doing, not a client that cannot offer TLS 1.1 at all.
+    assert _handshake_with_permissive_server(ctx, webhook.cert_dir) == "TLSv1.1"
     with pytest.raises((ssl.SSLError, httpx.ConnectError)), httpx.Client(verify=ctx) as client:
         client.get(webhook.base_url + "/healthz")
+
+
+def _handshake_with_permissive_server(client_ctx: ssl.SSLContext, cert_dir) -> str | None:
+    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_ctx.minimum_version = ssl.TLSVersion.MINIMUM_SUPPORTED
+    server_ctx.set_ciphers("ALL:@SECLEVEL=0")
+    server_ctx.load_cert_chain(cert_dir / "tls.crt", cert_dir / "tls.key")
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]
+
+        def accept() -> None:
+            conn, _ = listener.accept()
+            with contextlib.suppress(OSError), server_ctx.wrap_socket(conn, server_side=True):
+                pass
+
+        thread = threading.Thread(target=accept, daemon=True)
+        thread.start()
+        with (
+            socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
+            client_ctx.wrap_socket(raw, server_hostname="127.0.0.1") as tls,
+        ):
+            version = tls.version()
+        thread.join(5)
+    return version
 
 
 def test_ipv6_loopback(tmp_path):

@@ -12,6 +12,9 @@ import time
 import urllib.request
 from pathlib import Path
 from types import TracebackType
+from typing import Any
+
+import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -44,6 +47,13 @@ class WebhookProcess:
         self.env = env
         self.log_path = cert_dir.parent / f"webhook-{self.port}.log"
         self.proc: subprocess.Popen[bytes] | None = None
+
+    @classmethod
+    def for_rules(cls, base: Path, rules: dict[str, Any], **kwargs: Any) -> WebhookProcess:
+        """Write ``rules`` to ``base/rules.yaml`` and serve it with certificates in ``base/certs``."""
+        config = base / "rules.yaml"
+        config.write_text(yaml.safe_dump(rules))
+        return cls(config, base / "certs", **kwargs)
 
     @property
     def base_url(self) -> str:
