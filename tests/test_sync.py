@@ -268,6 +268,7 @@ def test_rule_names_unreadable_means_no_writes_and_the_source_namespace_is_never
     env.write_config(secrets=[], secretsFromRules=True)
     sync = env.start(extra_names=rule_names)
     wait_for(lambda: env.copy_matches(ns, "from-rules", "r"), 10, "the copy of a rule's secret")
+    wait_for(lambda: sync.stats["create"] == 1, what="the create counted")
     writes = sum(sync.stats.values())
     names.append(RuntimeError("rules are being reloaded"))
     time.sleep(1.0)  # several passes
@@ -321,6 +322,8 @@ def test_a_replica_that_loses_the_lease_stops_writing(env: Env, core_v1: kuberne
     env.write_config(secrets=["pull"])
     sync = env.start()
     wait_for(lambda: env.copy_matches(ns, "pull", "v1"), 10)
+    # The copy is visible to us a moment before the sync counts its own write.
+    wait_for(lambda: sync.stats["create"] == 1, what="the create counted")
     writes = sum(sync.stats.values())
 
     def unreachable() -> bool:
