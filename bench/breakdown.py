@@ -6,7 +6,7 @@ consecutive rows are what each step costs per request:
 
   floor            read the body, answer fixed bytes           (bench.floor)
   +stream          read the body the webhook's way              (webhook.app.read_body under asyncio.timeout)
-  +parse           parse_review (orjson.loads of the whole review)
+  +parse           parse_review (decodes the fields the webhook reads)
   +review          admission.review + orjson.dumps of the answer
   webhook -log -metrics   webhook.app.create_app with logging and metrics stubbed out
   webhook -log     ... with metrics

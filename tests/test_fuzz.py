@@ -12,6 +12,8 @@ Three layers, each with one property that must hold for every input hypothesis c
   secret name, leaves the input untouched, and has nothing left to do on a second run.
 * ``parse_review`` + ``review`` on arbitrary bytes and arbitrary JSON raise nothing but
   :class:`ReviewError`, and every answer they give is a serialisable, allowing AdmissionReview.
+  Deciding on the fields ``parse_review`` decodes gives exactly the decision the whole document
+  gives, whenever the whole document is valid JSON.
 
 The example count is bounded by default (``FPW_FUZZ_EXAMPLES``, default 300 per property);
 ``FPW_SOAK=1`` raises it to 20000. The total tried is printed at the end of the module
@@ -28,14 +30,16 @@ import string
 import time
 from collections import Counter
 from typing import Any
+from unittest import mock
 
 import jsonpatch
+import msgspec
 import orjson
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from webhook.admission import API_VERSION, KIND, ReviewError, parse_review, review
+from webhook.admission import API_VERSION, KIND, Decision, ReviewError, _decode_read_fields, parse_review, review
 from webhook.config import INJECTED_ANNOTATION, Config, parse_config
 from webhook.images import MAX_NAME_LENGTH, ImageReference, InvalidImageReference, parse_image
 from webhook.mutation import MAX_WARNING_LENGTH, MAX_WARNINGS, Outcome, mutate_pod
@@ -506,16 +510,41 @@ def test_mutation_properties_on_flyte_pods(images, init_images, existing, config
 # --------------------------------------------------------------------------------------------------
 
 
+def decide(body: bytes, config: Config) -> tuple[dict[str, Any] | None, Decision | ReviewError]:
+    try:
+        obj = parse_review(body)
+        return obj, review(obj, config)
+    except ReviewError as exc:
+        return None, exc
+
+
+def decide_on_the_whole_document(body: bytes, config: Config) -> Decision | ReviewError:
+    with mock.patch("webhook.admission._decode_read_fields", side_effect=msgspec.DecodeError):
+        return decide(body, config)[1]
+
+
+def same(a: Decision | ReviewError, b: Decision | ReviewError) -> bool:
+    if isinstance(a, ReviewError) or isinstance(b, ReviewError):
+        return type(a) is type(b) and (a.status, a.message) == (b.status, b.message)  # type: ignore[union-attr]
+    return a == b
+
+
 def check_admission(body: bytes, config: Config) -> None:
     """parse_review + review raise nothing but ReviewError; what they answer is a valid allow."""
     TRIED["admission"] += 1
-    refused: ReviewError | None = None
+    obj, decision = decide(body, config)
+    whole = decide_on_the_whole_document(body, config)
     try:
-        obj = parse_review(body)
-        decision = review(obj, config)
-    except ReviewError as exc:
-        refused = exc
-    if refused is not None:
+        _decode_read_fields(body)
+        TRIED["admission (fields read decode)"] += 1
+    except (msgspec.MsgspecError, RecursionError):
+        pass
+    # The subset decode skips what it never reads without checking number ranges (orjson refuses
+    # 1e999): the one place it may answer where the whole document is refused as invalid JSON.
+    if not (isinstance(whole, ReviewError) and whole.message.startswith("request body is not valid JSON")):
+        assert same(decision, whole), (decision, whole)
+    if isinstance(decision, ReviewError):
+        refused = decision
         assert 400 <= refused.status < 500
         assert refused.message
         return
@@ -595,6 +624,73 @@ def test_admission_on_pod_creates(request_obj, config):
     request_obj["operation"] = "CREATE"
     body = orjson.dumps({"apiVersion": API_VERSION, "kind": KIND, "request": request_obj})
     assume(len(body) < 1_000_000)
+    check_admission(body, config)
+
+
+# Pods as the apiserver serialises them: every field well typed, plus fields the webhook never
+# reads. These always take the fields-read decode, so the comparison with the whole document
+# bites on every example.
+words = st.text(string.ascii_lowercase + "-", max_size=6)
+unread = st.dictionaries(
+    st.sampled_from(["env", "volumes", "resources", "args", "status", "uid", "x"]),
+    st.recursive(
+        st.none() | st.integers(-(2**53), 2**53) | words, lambda c: st.lists(c, max_size=3) | st.dictionaries(words, c)
+    ),
+    max_size=3,
+)
+typed_container = st.builds(
+    lambda image, extra: {"name": "c", **extra, **({} if image is None else {"image": image})},
+    st.none() | image_string | st.sampled_from(["ubuntu", "ghcr.io/my-org/app:1", "localhost:5000/x"]),
+    unread,
+)
+typed_pod = st.fixed_dictionaries(
+    {
+        "metadata": st.fixed_dictionaries(
+            {"labels": st.dictionaries(st.sampled_from(LABEL_KEYS), st.sampled_from(["e1", "n0", "disabled", ""]))},
+            optional={
+                "name": words,
+                "generateName": words,
+                "annotations": st.dictionaries(st.sampled_from([INJECTED_ANNOTATION, "other"]), words),
+                "uid": words,
+            },
+        ),
+        "spec": st.fixed_dictionaries(
+            {"containers": st.lists(typed_container, min_size=1, max_size=4)},
+            optional={
+                "initContainers": st.lists(typed_container, max_size=3),
+                "ephemeralContainers": st.lists(typed_container, max_size=2),
+                "imagePullSecrets": st.lists(
+                    st.fixed_dictionaries({"name": st.sampled_from(SECRET_NAMES)}), max_size=3
+                ),
+                "volumes": unread,
+            },
+        ),
+        "status": unread,
+    }
+)
+
+
+@FUZZ
+@given(typed_pod, unread, st.sampled_from(CONFIGS), NAMESPACES, st.booleans())
+def test_admission_on_apiserver_shaped_pods(pod_obj, extra, config, namespace, dry_run):
+    body = orjson.dumps(
+        {
+            "apiVersion": API_VERSION,
+            "kind": KIND,
+            "request": {
+                **extra,
+                "uid": "u-1",
+                "kind": {"group": "", "version": "v1", "kind": "Pod"},
+                "resource": {"group": "", "version": "v1", "resource": "pods"},
+                "operation": "CREATE",
+                "namespace": namespace,
+                "dryRun": dry_run,
+                "object": pod_obj,
+                "oldObject": None,
+            },
+        }
+    )
+    _decode_read_fields(body)  # the fast path is the one under test
     check_admission(body, config)
 
 

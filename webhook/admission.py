@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import base64
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypedDict
 
+import msgspec
 import orjson
 
 from webhook.config import Config
@@ -45,15 +46,86 @@ class Decision:
     mutation: Mutation | None = None
 
 
-def parse_review(body: bytes) -> dict[str, Any]:
-    """Decode and check the envelope; the pod inside is left as a raw dict."""
+# The parts of a review the webhook reads, and nothing else. Decoding into these types builds
+# only these fields and skips the rest of the pod (env lists, volumes, probes: most of its bytes)
+# in C, about 2-3x faster than building the whole document. Safe because the webhook never writes
+# the pod back: its patch only appends at paths it read here, and the apiserver applies it to the
+# full object. The core still gets plain dicts. Anything that does not fit these types (wrong
+# types, bad JSON; never the case for a pod the apiserver serialised) takes the general path.
+class _Container(TypedDict, total=False):
+    image: str | None
+
+
+class _SecretRef(TypedDict, total=False):
+    name: str | None
+
+
+class _Spec(TypedDict, total=False):
+    initContainers: list[_Container] | None
+    containers: list[_Container] | None
+    ephemeralContainers: list[_Container] | None
+    imagePullSecrets: list[_SecretRef] | None
+
+
+class _Metadata(TypedDict, total=False):
+    name: str | None
+    generateName: str | None
+    labels: dict[str, str] | None
+    annotations: dict[str, str] | None
+
+
+class _Pod(TypedDict, total=False):
+    metadata: _Metadata | None
+    spec: _Spec | None
+
+
+class _Kind(TypedDict, total=False):
+    group: str | None
+    version: str | None
+    kind: str | None
+
+
+class _Request(TypedDict, total=False):
+    uid: str | None
+    kind: _Kind | None
+    subResource: str | None
+    operation: str | None
+    namespace: str | None
+    dryRun: bool | None
+    object: _Pod | None
+
+
+class _Review(TypedDict, total=False):
+    apiVersion: str | None
+    kind: str | None
+    request: _Request | None
+
+
+_decode_read_fields = msgspec.json.Decoder(_Review).decode
+
+
+def _decode_whole(body: bytes) -> Any:
     try:
-        review = orjson.loads(body)
+        return orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         if "depth limit" in str(exc) or "recursion" in str(exc).lower():
             # orjson stops at 1024 levels, in C, without touching Python's stack
             raise ReviewError("request body is JSON nested too deeply (over 1024 levels)") from None
         raise ReviewError(f"request body is not valid JSON: {exc}") from None
+
+
+def parse_review(body: bytes) -> dict[str, Any]:
+    """Decode and check the envelope; the pod inside is left as a raw dict.
+
+    The dict holds the fields the webhook reads (see ``_Review``) when the body has the
+    shape the apiserver sends, else the whole document, which the core checks field by field.
+    """
+    try:
+        if not body.isascii():
+            body.decode()  # the subset decoder does not check the UTF-8 of strings it skips
+        review: Any = _decode_read_fields(body)
+    except (msgspec.MsgspecError, RecursionError, UnicodeDecodeError):
+        review = _decode_whole(body)
     if not isinstance(review, dict):
         raise ReviewError(f"expected a JSON object (an AdmissionReview), got {type(review).__name__}")
     api_version, kind = review.get("apiVersion"), review.get("kind")
