@@ -2,21 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import signal
 import socket
 import ssl
+import sys
 import threading
 import time
 
 import httpx
 import orjson
 import pytest
+import uvloop
 import yaml
 
 from tests.reviews import ECR_IMAGE, decode_patch, flyte_pod, review_for
 from tests.webhook_process import WebhookProcess
+from webhook import logs
 from webhook.app import request_deadline
 
 RULES_A = {"rules": [{"registry": "docker.io", "secrets": ["rules-a"]}]}
@@ -163,6 +167,9 @@ def test_sigterm_during_a_burst_loses_no_request(tmp_path):
     assert len(results) > sent_before
     assert code == 0
     assert 2 <= elapsed < 2 + 20, elapsed
+    # Admission lines are written in batches; the orderly stop writes out the last of them.
+    logged = sum(1 for line in webhook.log().splitlines() if '"msg":"admission"' in line)
+    assert logged == len(results)
     print(f"{len(results)} reviews answered, {len(results) - sent_before} after SIGTERM, exit after {elapsed:.1f}s")
 
 
@@ -235,3 +242,37 @@ def test_one_json_log_line_per_admission_without_pod_values(tmp_path):
     assert isinstance(entry["duration_ms"], float)
     assert "hunter2" not in log
     assert all(json.loads(line) for line in log.splitlines() if line.startswith("{"))
+
+
+def test_admission_lines_are_batched_then_flushed_soon_and_in_order(tmp_path, monkeypatch):
+    out = (tmp_path / "stderr").open("w")
+    monkeypatch.setattr(sys, "stderr", out)
+    logs.setup_logging("info", "json")
+    seen: dict[str, list[str]] = {}
+
+    def lines() -> list[str]:
+        return [
+            json.loads(line)["msg"] + ":" + json.loads(line).get("uid", "")
+            for line in (tmp_path / "stderr").read_text().splitlines()
+        ]
+
+    async def main() -> None:
+        logs.admission({"uid": "a"})
+        seen["right after"] = lines()
+        logs.info("other line")  # flushes at once, the admission line before it first
+        logs.admission({"uid": "b"})
+        seen["after an ordinary line"] = lines()
+        await asyncio.sleep(logs.FLUSH_AFTER * 4)
+        seen["a moment later"] = lines()
+
+    try:
+        uvloop.run(main())
+    finally:
+        monkeypatch.undo()
+        logs.setup_logging("info", "json")  # back to the real stderr
+        out.close()
+    assert seen == {
+        "right after": [],
+        "after an ordinary line": ["admission:a", "other line:"],
+        "a moment later": ["admission:a", "other line:", "admission:b"],
+    }

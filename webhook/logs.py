@@ -7,6 +7,9 @@ callers pass explicit ``fields``; nothing is dumped wholesale.
 
 from __future__ import annotations
 
+import asyncio
+import atexit
+import contextlib
 import logging
 import sys
 import time
@@ -51,6 +54,12 @@ class TextFormatter(logging.Formatter):
 # machinery (the one line per admission was the costliest step of a review, after parsing).
 _fast_stream: Any = None
 _ts_cache: tuple[int, str] = (-1, "")
+# Admission lines are flushed at most this long after they are written (or when the 8 KiB
+# buffer fills), not one write(2) per line: under load that syscall cost more than the rest of
+# the line. Other log lines flush at once, and push any admission lines before them first, so
+# the order on stderr is kept. A SIGKILL can lose the last FLUSH_AFTER seconds of lines.
+FLUSH_AFTER = 0.05
+_flush_due = 0.0  # monotonic time of the scheduled flush; 0.0: none
 
 
 def _timestamp(now: float) -> str:
@@ -69,9 +78,31 @@ def admission(fields: dict[str, Any]) -> None:
     if stream is None:
         log.info("admission", extra={"fields": fields})
         return
+    global _flush_due
     entry = {"ts": _timestamp(time.time()), "level": "info", "logger": LOGGER_NAME, "msg": "admission", **fields}
     stream.write(orjson.dumps(entry, default=str, option=orjson.OPT_APPEND_NEWLINE))
-    stream.flush()
+    now = time.monotonic()
+    if now < _flush_due + 1.0:  # a flush is due soon (one far overdue was on a loop that is gone)
+        return
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:  # not on an event loop (the CLI, tests): nothing would flush later
+        stream.flush()
+        return
+    _flush_due = now + FLUSH_AFTER
+    loop.call_later(FLUSH_AFTER, flush)
+
+
+def flush() -> None:
+    """Write out buffered admission lines (also called on shutdown)."""
+    global _flush_due
+    _flush_due = 0.0
+    if _fast_stream is not None:
+        with contextlib.suppress(OSError, ValueError):  # stderr closed or gone: nowhere to write
+            _fast_stream.flush()
+
+
+atexit.register(flush)
 
 
 def setup_logging(level: str = "info", fmt: str = "json") -> None:

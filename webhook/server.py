@@ -127,6 +127,7 @@ async def serve(options: ServeOptions, state: AppState, tls: ReloadingTLS) -> No
     try:
         await server.serve()
     finally:
+        logs.flush()
         for task in tasks:
             task.cancel()
         for task in tasks:
