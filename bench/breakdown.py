@@ -5,7 +5,7 @@ add one step at a time, from the floor's handler to the real one, so the differe
 consecutive rows are what each step costs per request:
 
   floor            read the body, answer fixed bytes           (bench.floor)
-  +stream          read the body the webhook's way              (webhook.app.read_body under asyncio.timeout)
+  +stream          read the body the webhook's way              (webhook.app.read_body, under its deadline)
   +parse           parse_review (decodes the fields the webhook reads)
   +review          admission.review + orjson.dumps of the answer
   webhook -log -metrics   webhook.app.create_app with logging and metrics stubbed out
@@ -20,7 +20,6 @@ Variants are interleaved batch by batch; medians of the batches are reported.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import gc
 import logging
 import statistics
@@ -74,8 +73,7 @@ def _stepwise(steps: str, config: Any) -> FastAPI:
 
     @app.post("/mutate")
     async def mutate(request: Request) -> Response:
-        async with asyncio.timeout(10):
-            body = await webhook_app.read_body(request, 4 * 1024 * 1024)
+        body = await webhook_app.read_body(request.receive, 4 * 1024 * 1024, None, 10)
         out = floor.RESPONSE
         if "parse" in steps:
             obj = parse_review(body)
