@@ -177,7 +177,9 @@ def review(review_obj: dict[str, Any], config: Config, cluster: ClusterView | No
     request: dict[str, Any] = review_obj["request"]
     uid: str = request["uid"]
     operation = request.get("operation")
-    namespace = request.get("namespace") if isinstance(request.get("namespace"), str) else None
+    namespace = request.get("namespace")
+    if not isinstance(namespace, str):
+        namespace = None
     dry_run = request.get("dryRun") is True
     decision = Decision(
         uid=uid,

@@ -62,9 +62,9 @@ def _warning(text: str) -> str:
     return text if len(text) <= MAX_WARNING_LENGTH else text[: MAX_WARNING_LENGTH - 3] + "..."
 
 
-def iter_images(spec: dict[str, Any]) -> tuple[list[tuple[str, ImageReference]], list[ImageProblem]]:
+def iter_images(spec: dict[str, Any]) -> tuple[list[ImageReference], list[ImageProblem]]:
     """Parse every container image of a pod spec; malformed entries become problems, not errors."""
-    images: list[tuple[str, ImageReference]] = []
+    images: list[ImageReference] = []
     problems: list[ImageProblem] = []
     for kind in CONTAINER_FIELDS:
         containers = spec.get(kind)
@@ -74,17 +74,16 @@ def iter_images(spec: dict[str, Any]) -> tuple[list[tuple[str, ImageReference]],
             problems.append(ImageProblem(kind, None, f"spec.{kind} is not a list"))
             continue
         for i, container in enumerate(containers):
-            where = f"{kind}[{i}].image"
             if not isinstance(container, dict):
-                problems.append(ImageProblem(where, None, f"spec.{kind}[{i}] is not an object"))
+                problems.append(ImageProblem(f"{kind}[{i}].image", None, f"spec.{kind}[{i}] is not an object"))
                 continue
             image = container.get("image")
             if image is None:
                 continue  # nothing to pull, nothing to do
             try:
-                images.append((where, parse_image(image)))
+                images.append(parse_image(image))
             except InvalidImageReference as exc:
-                problems.append(ImageProblem(where, image, str(exc)))
+                problems.append(ImageProblem(f"{kind}[{i}].image", image, str(exc)))
     return images, problems
 
 
@@ -145,12 +144,13 @@ def mutate_pod(
     labels = None
     if rules.needs_namespace_labels and namespace is not None and cluster is not None:
         labels = cluster.namespace_labels(namespace)
-    for _, ref in images:
+    for ref in images:
         secrets = rules.secrets_for(ref, namespace, labels)
-        if not secrets:
-            unmatched.setdefault(ref.registry, str(ref))
+        if not secrets and ref.registry not in unmatched:
+            unmatched[ref.registry] = str(ref)
         for secret in secrets:
-            wanted.setdefault(secret, ref.registry)
+            if secret not in wanted:
+                wanted[secret] = ref.registry
 
     warnings = [_warning(f"{p.field} {p.image!r}: {p.reason}; no pull secret for it") for p in problems]
 
@@ -158,9 +158,11 @@ def mutate_pod(
     if existing is not None and not isinstance(existing, list):
         warnings.append(_warning("spec.imagePullSecrets is not a list; left untouched"))
         return Mutation(Outcome.UNCHANGED, problems=tuple(problems), warnings=tuple(warnings[:MAX_WARNINGS]))
-    existing = existing or []
-    present = {e.get("name") for e in existing if isinstance(e, dict) and isinstance(e.get("name"), str)}
-    to_add = [s for s in wanted if s not in present]
+    if existing:
+        present = {e.get("name") for e in existing if isinstance(e, dict) and isinstance(e.get("name"), str)}
+        to_add = [s for s in wanted if s not in present]
+    else:
+        present, to_add = set(), list(wanted)
     missing: list[str] = []
     if to_add and namespace is not None and cluster is not None and cluster.synced():
         to_add, missing = _check_secrets(to_add, wanted, namespace, cluster, config, warnings)
@@ -182,10 +184,10 @@ def mutate_pod(
     return Mutation(
         Outcome.PATCHED if patch else Outcome.UNCHANGED,
         patch=patch,
-        added_for_registry={s: wanted[s] for s in to_add},
+        added_for_registry=wanted if len(to_add) == len(wanted) else {s: wanted[s] for s in to_add},
         unmatched_registries=tuple(unmatched),
         problems=tuple(problems),
-        warnings=tuple(dict.fromkeys(warnings))[:MAX_WARNINGS],
+        warnings=tuple(dict.fromkeys(warnings))[:MAX_WARNINGS] if warnings else (),
         missing_secrets=tuple(missing),
     )
 
