@@ -115,15 +115,15 @@ def test_one_leader_at_a_time_and_takeover(
         assert not third.is_leader()
         second.stop(release=False)
         crashed_at = time.monotonic()
-        wait_for(third.is_leader, TIMINGS["lease_duration"] + 2, "takeover after a crash")
+        wait_for(third.is_leader, TIMINGS["lease_duration"] + 4, "takeover after a crash")
         took_crash = time.monotonic() - crashed_at
     assert not sampler.overlaps, f"two leaders at once: {sampler.overlaps[:5]}"
     assert sampler.samples > 100
-    assert took_release < 1.0, took_release
+    assert took_release < 2.0, took_release  # a couple of retries (0.25 s each), and slack for a busy CI
     # Not before the lease ran out (counted from the last renewal), not much after.
     assert TIMINGS["lease_duration"] - TIMINGS["retry_period"] - 0.1 < took_crash
     # Upper bound: the lease, one retry to observe the last renewal, one to take over, and slack for a busy CI.
-    assert took_crash < TIMINGS["lease_duration"] + 2 * TIMINGS["retry_period"] + 0.75, took_crash
+    assert took_crash < TIMINGS["lease_duration"] + 2 * TIMINGS["retry_period"] + 2.0, took_crash
     lease = kubernetes.client.CoordinationV1Api(kube_api).read_namespaced_lease(third.name, third.namespace)
     assert lease.spec.lease_transitions == 2
     print(f"takeover after release: {took_release:.2f}s, after a crash: {took_crash:.2f}s")

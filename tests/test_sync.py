@@ -306,9 +306,9 @@ def test_two_replicas_never_both_write_and_the_second_takes_over(
     # duration (plus a retry), and acts.
     leader.stop(release=False)
     stopped = time.monotonic()
-    wait_for(standby.is_leader, FAST["lease_duration"] + 2, "the standby leads")
+    wait_for(standby.is_leader, FAST["lease_duration"] + 4, "the standby leads")
     took = time.monotonic() - stopped
-    assert took < FAST["lease_duration"] + 2 * FAST["retry_period"] + 0.75, took
+    assert took < FAST["lease_duration"] + 2 * FAST["retry_period"] + 2.0, took  # slack for a busy CI
     env.source_secret("pull", "v4")
     wait_for(lambda: all(env.copy_matches(ns, "pull", "v4") for ns in targets))
     assert standby.stats["update"] == 3
