@@ -533,6 +533,12 @@ def same(a: Decision | ReviewError, b: Decision | ReviewError) -> bool:
     return a == b
 
 
+def pod_create_review(pod_obj: Any, **request: Any) -> bytes:
+    """An AdmissionReview of a pod CREATE, as bytes; ``request`` adds or overrides fields."""
+    fields = {"kind": {"group": "", "version": "v1", "kind": "Pod"}, "operation": "CREATE", "object": pod_obj}
+    return orjson.dumps({"apiVersion": API_VERSION, "kind": KIND, "request": {**fields, **request}})
+
+
 def check_admission(body: bytes, config: Config) -> None:
     """parse_review + review raise nothing but ReviewError; what they answer is a valid allow."""
     TRIED["admission"] += 1
@@ -677,23 +683,14 @@ typed_pod = st.fixed_dictionaries(
 @FUZZ
 @given(typed_pod, unread, st.sampled_from(CONFIGS), NAMESPACES, st.booleans())
 def test_admission_on_apiserver_shaped_pods(pod_obj, extra, config, namespace, dry_run):
-    body = orjson.dumps(
-        {
-            "apiVersion": API_VERSION,
-            "kind": KIND,
-            "request": {
-                **extra,
-                "uid": "u-1",
-                "kind": {"group": "", "version": "v1", "kind": "Pod"},
-                "resource": {"group": "", "version": "v1", "resource": "pods"},
-                "operation": "CREATE",
-                "namespace": namespace,
-                "dryRun": dry_run,
-                "object": pod_obj,
-                "oldObject": None,
-            },
-        }
-    )
+    known = {
+        "uid": "u-1",
+        "resource": {"group": "", "version": "v1", "resource": "pods"},
+        "namespace": namespace,
+        "dryRun": dry_run,
+        "oldObject": None,
+    }
+    body = pod_create_review(pod_obj, **{**extra, **known})
     _decode_read_fields(body)  # the fast path is the one under test
     check_admission(body, config)
 
@@ -735,16 +732,5 @@ def test_inputs_the_fuzzers_found(pod_obj, config, outcome, added):
     assert mutation.outcome == outcome
     assert mutation.added == added
     check_mutation(pod_obj, config)
-    body = orjson.dumps(
-        {
-            "apiVersion": API_VERSION,
-            "kind": KIND,
-            "request": {
-                "uid": "u",
-                "kind": {"group": "", "version": "v1", "kind": "Pod"},
-                "operation": "CREATE",
-                "object": pod_obj,
-            },
-        }
-    )
+    body = pod_create_review(pod_obj, uid="u")
     check_admission(body, config)
