@@ -195,7 +195,9 @@ def review(review_obj: dict[str, Any], config: Config, cluster: ClusterView | No
     pod = request.get("object")
     if not isinstance(pod, dict):
         raise ReviewError("AdmissionReview request for a pod CREATE has no 'object' pod")
-    metadata = pod.get("metadata") if isinstance(pod.get("metadata"), dict) else {}
+    metadata = pod.get("metadata")
+    if not isinstance(metadata, dict):
+        metadata = {}
     name = metadata.get("name") or metadata.get("generateName")
     decision.name = name if isinstance(name, str) else None
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from webhook.rules import NamespaceScope, PatternError, Rule, RuleSet, validate_secret_name
+from webhook.rules import NamespaceScope, Rule, RuleSet, validate_secret_name
 from webhook.selectors import LabelSelector, SelectorError, parse_label, parse_selector
 
 # Flyte labels every task pod (plugins included) with these two keys.
@@ -130,7 +130,6 @@ class Config:
     opt_out_label: tuple[str, str]
     warn_unmatched: bool = True
     annotate: bool = True
-    source: str = "<config>"
     # What to do with a rule's secret that the namespace lacks (known only with the Secret cache).
     missing_secrets: str = "inject"
 
@@ -173,7 +172,6 @@ def parse_config(data: Any, source: str = "<config>") -> Config:
         opt_out_label=opt_out,
         warn_unmatched=flags["warnUnmatched"],
         annotate=flags["annotate"],
-        source=source,
     )
 
 
@@ -202,14 +200,9 @@ def _parse_rule(raw: Any, index: int, source: str) -> Rule:
             selector = parse_selector(raw["namespaceSelector"], "namespaceSelector")
         if namespaces is not None or selector is not None:
             scope = NamespaceScope.parse(namespaces, selector)
-    except (SelectorError, ValueError) as exc:
-        raise ConfigError(f"{where}: {exc}") from None
-    try:
         names = [validate_secret_name(s) for s in secrets]
         return Rule.create(raw.get("registry"), dict.fromkeys(names), scope)
-    except PatternError as exc:
-        raise ConfigError(f"{where}: {exc}") from None
-    except ValueError as exc:
+    except ValueError as exc:  # PatternError, SelectorError and the name checks
         raise ConfigError(f"{where}: {exc}") from None
 
 

@@ -73,7 +73,7 @@ _DOMAIN_RE: Final = re.compile(
     rf"(?:{_DOMAIN_COMPONENT}(?:\.{_DOMAIN_COMPONENT})*|\[[a-fA-F0-9:]+\])(?::[0-9]+)?",
     re.ASCII,
 )
-_PATH_COMPONENT_RE: Final = re.compile(r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*", re.ASCII)
+PATH_COMPONENT_RE: Final = re.compile(r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*", re.ASCII)
 _TAG_RE: Final = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", re.ASCII)
 _DIGEST_ALGORITHM_RE: Final = re.compile(r"[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*", re.ASCII)
 _DIGEST_HEX_RE: Final = re.compile(r"[0-9a-fA-F]{32,}", re.ASCII)
@@ -108,12 +108,11 @@ _NO_REFERENCE: Final = object()
 class InvalidImageReference(ValueError):
     """An image reference that a container runtime would refuse to parse.
 
-    ``reason`` describes the problem, ``reference`` is the offending input (if
-    known).  ``str(exc)`` combines both, with the input truncated.
+    ``reference`` is the offending input (if known); ``str(exc)`` says what is
+    wrong with it, with the input truncated.
     """
 
     def __init__(self, reason: str, reference: object = _NO_REFERENCE) -> None:
-        self.reason = reason
         self.reference = None if reference is _NO_REFERENCE else reference
         if reference is _NO_REFERENCE:
             message = reason
@@ -216,7 +215,7 @@ def _check_path(path: str, reference: str) -> None:
                 f"repository name ({_clip(path)}) has an empty path component (leading, trailing or double slash)",
                 reference,
             )
-        if not _PATH_COMPONENT_RE.fullmatch(component):
+        if not PATH_COMPONENT_RE.fullmatch(component):
             raise InvalidImageReference(
                 f"invalid repository path component {_clip(component)!r}: components are lowercase "
                 "letters and digits, separated by a single '.', '_' or '__', or by dashes",

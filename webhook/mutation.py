@@ -139,7 +139,7 @@ def mutate_pod(
 
     images, problems = iter_images(spec)
     wanted: dict[str, str] = {}  # secret -> registry, in first-wanted order
-    unmatched: dict[str, str] = {}  # registry -> first image with no rule
+    unmatched: dict[str, ImageReference] = {}  # registry -> first image with no rule
     rules = config.rules
     labels = None
     if rules.needs_namespace_labels and namespace is not None and cluster is not None:
@@ -147,7 +147,7 @@ def mutate_pod(
     for ref in images:
         secrets = rules.secrets_for(ref, namespace, labels)
         if not secrets and ref.registry not in unmatched:
-            unmatched[ref.registry] = str(ref)
+            unmatched[ref.registry] = ref
         for secret in secrets:
             if secret not in wanted:
                 wanted[secret] = ref.registry
@@ -165,7 +165,7 @@ def mutate_pod(
         present, to_add = set(), list(wanted)
     missing: list[str] = []
     if to_add and namespace is not None and cluster is not None and cluster.synced():
-        to_add, missing = _check_secrets(to_add, wanted, namespace, cluster, config, warnings)
+        to_add, missing = _check_secrets(to_add, wanted, namespace, cluster, config.missing_secrets == "skip", warnings)
 
     patch: list[dict[str, Any]] = []
     if to_add:
@@ -197,7 +197,7 @@ def _check_secrets(
     wanted: dict[str, str],
     namespace: str,
     cluster: ClusterView,
-    config: Config,
+    skip_missing: bool,
     warnings: list[str],
 ) -> tuple[list[str], list[str]]:
     """Warn about secrets the namespace lacks (the pod would sit in ImagePullBackOff) or of the wrong type."""
@@ -207,13 +207,13 @@ def _check_secrets(
         kind = cluster.secret_type(namespace, secret)
         if kind is None:
             missing.append(secret)
-            action = "not injected" if config.missing_secrets == "skip" else "injected anyway"
+            action = "not injected" if skip_missing else "injected anyway"
             warnings.append(
                 _warning(
                     f"secret {secret} for registry {wanted[secret]} does not exist in namespace {namespace}; {action}"
                 )
             )
-            if config.missing_secrets == "skip":
+            if skip_missing:
                 continue
         elif kind and kind not in PULL_SECRET_TYPES:
             warnings.append(

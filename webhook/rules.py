@@ -26,15 +26,13 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from webhook.images import ImageReference, InvalidImageReference, normalize_registry_host, parse_image
-from webhook.selectors import LabelSelector
+from webhook.images import PATH_COMPONENT_RE, ImageReference, normalize_registry_host, parse_image
+from webhook.selectors import LabelSelector, is_dns_subdomain
 
 _GLOB_CHARS = frozenset("*?[")
 _HOST_LABEL_RE = re.compile(r"^[a-z0-9*?\[\]!^-]+$")
-_PATH_SEGMENT_RE = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*$")
 _PORT_RE = re.compile(r"^[0-9]{1,5}$")
-_SECRET_NAME_RE = re.compile(r"^[a-z0-9](?:[-a-z0-9]*[a-z0-9])?(?:\.[a-z0-9](?:[-a-z0-9]*[a-z0-9])?)*$")
-# Bounds the per-RuleSet memo of image -> secrets; a pod's images repeat a lot.
+# Bounds the per-RuleSet memo of image -> secrets (or matching rules); a pod's images repeat a lot.
 _CACHE_LIMIT = 16384
 
 
@@ -87,7 +85,7 @@ def split_host_port(hostport: str) -> tuple[str, str | None]:
     """Split ``host[:port]``; IPv6 literals keep their brackets."""
     if _is_ipv6_literal(hostport):
         end = hostport.find("]")
-        if end != -1 and hostport[end + 1 : end + 2] == ":":
+        if hostport[end + 1 : end + 2] == ":":
             return hostport[: end + 1], hostport[end + 2 :]
         return hostport, None
     host, sep, port = hostport.rpartition(":")
@@ -145,7 +143,8 @@ def parse_pattern(pattern: str) -> Pattern:
     host, port = split_host_port(hostport.lower())
     if port is not None and not _PORT_RE.match(port):
         raise PatternError(f"registry pattern {pattern!r}: port {port!r} is not a number")
-    if _is_ipv6_literal(host):
+    ipv6 = _is_ipv6_literal(host)
+    if ipv6:
         if not re.fullmatch(r"\[[0-9a-f:]+\]", host):
             raise PatternError(f"registry pattern {pattern!r}: invalid IPv6 host {host!r}")
         labels = [host]
@@ -156,16 +155,18 @@ def parse_pattern(pattern: str) -> Pattern:
                 raise PatternError(f"registry pattern {pattern!r}: invalid host label {label!r}")
     segments = tuple(path.split("/")) if path else ()
     for seg in segments:
-        if not _PATH_SEGMENT_RE.match(seg):
+        if not PATH_COMPONENT_RE.fullmatch(seg):
             raise PatternError(
                 f"registry pattern {pattern!r}: path segment {seg!r} is not a valid lower-case repository path"
             )
     regex = None
-    if not _is_ipv6_literal(host) and any(c in _GLOB_CHARS for c in host):
+    if ipv6:  # checked above: no glob, no Docker Hub alias
+        return Pattern(host=host, port=port, path=segments, regex=None)
+    if any(c in _GLOB_CHARS for c in host):
         regex = re.compile(r"\.".join(_label_regex(label, pattern) for label in labels))
     else:
         stray = next((c for c in host if c in "]!^"), None)
-        if stray and not _is_ipv6_literal(host):
+        if stray:
             raise PatternError(f"registry pattern {pattern!r}: unexpected {stray!r} in host")
         host = normalize_registry_host(host)
     return Pattern(host=host, port=port, path=segments, regex=regex)
@@ -178,7 +179,7 @@ def image_matches(pattern: str, image: str) -> bool:
 
 def validate_secret_name(name: object) -> str:
     """Secret names are DNS subdomains (RFC 1123), at most 253 characters."""
-    if not isinstance(name, str) or len(name) > 253 or not _SECRET_NAME_RE.match(name):
+    if not is_dns_subdomain(name):
         raise ValueError(
             f"secret name {name!r} is not a valid Kubernetes name "
             "(lower-case alphanumerics, '-' and '.', at most 253 characters)"
@@ -254,7 +255,6 @@ class RuleSet:
         "_exact",
         "_glob_shapes",
         "_globs",
-        "_index_cache",
         "_scoped",
         "needs_namespace_labels",
         "rules",
@@ -285,8 +285,8 @@ class RuleSet:
                     shapes.append((literal, prefix_len))
             else:
                 self._exact.setdefault((p.host, p.port), []).append((index, p))
-        self._cache: dict[tuple[str, str], tuple[str, ...]] = {}
-        self._index_cache: dict[tuple[str, str], tuple[int, ...]] = {}
+        # (registry, repository) -> the secrets, or with scoped rules the matching rules' indexes.
+        self._cache: dict[tuple[str, str], tuple[Any, ...]] = {}
         self._scoped = any(rule.scope is not None for rule in self.rules)
         # Fixed per rule set: computed once here, not on every admission.
         self.needs_namespace_labels = any(r.scope is not None and r.scope.selector is not None for r in self.rules)
@@ -321,25 +321,17 @@ class RuleSet:
 
         Rules limited to some namespaces count only for a pod in one of them.
         """
-        if self._scoped:
-            return self._scoped_secrets_for(image, namespace, namespace_labels)
         key = (image.registry, image.repository)
         cached = self._cache.get(key)
         if cached is None:
-            cached = _remember(self._cache, key, self._secrets_of(self.matching_rules(image)))
-        return cached
-
-    def _scoped_secrets_for(
-        self, image: ImageReference, namespace: str | None, labels: Mapping[str, str] | None
-    ) -> tuple[str, ...]:
-        # The image -> rules part is cached; the namespace filter runs per call (a few comparisons).
-        key = (image.registry, image.repository)
-        indexes = self._index_cache.get(key)
-        if indexes is None:
-            indexes = _remember(self._index_cache, key, tuple(self.matching_rules(image)))
+            hits = self.matching_rules(image)
+            # Unscoped rules: the answer itself. Scoped: the matching rules, filtered per call below.
+            cached = _remember(self._cache, key, tuple(hits) if self._scoped else self._secrets_of(hits))
+        if not self._scoped:
+            return cached
         rules = self.rules
         return self._secrets_of(
-            i for i in indexes if (scope := rules[i].scope) is None or scope.matches(namespace, labels)
+            i for i in cached if (scope := rules[i].scope) is None or scope.matches(namespace, namespace_labels)
         )
 
     def _secrets_of(self, indexes: Iterable[int]) -> tuple[str, ...]:
@@ -360,7 +352,6 @@ def _remember(cache: dict[Any, Any], key: Any, value: Any) -> Any:
 
 
 __all__ = [
-    "InvalidImageReference",
     "NamespaceScope",
     "Pattern",
     "PatternError",

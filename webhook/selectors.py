@@ -14,6 +14,7 @@ from typing import Any
 
 _NAME = r"[A-Za-z0-9](?:[-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?"
 _DNS_SUBDOMAIN = r"[a-z0-9](?:[-a-z0-9]*[a-z0-9])?(?:\.[a-z0-9](?:[-a-z0-9]*[a-z0-9])?)*"
+_DNS_SUBDOMAIN_RE = re.compile(_DNS_SUBDOMAIN)
 _LABEL_KEY_RE = re.compile(rf"^(?:(?P<prefix>{_DNS_SUBDOMAIN})/)?(?P<name>{_NAME})$")
 _LABEL_VALUE_RE = re.compile(rf"^(?:{_NAME})?$")
 
@@ -24,11 +25,17 @@ class SelectorError(ValueError):
     """A label, label key or selector does not follow Kubernetes syntax."""
 
 
+def is_dns_subdomain(text: Any) -> bool:
+    """An RFC 1123 subdomain of at most 253 characters (Secret names, label key prefixes)."""
+    return isinstance(text, str) and len(text) <= 253 and _DNS_SUBDOMAIN_RE.fullmatch(text) is not None
+
+
 def validate_label_key(key: Any) -> str:
-    if not isinstance(key, str) or not _LABEL_KEY_RE.match(key):
+    match = _LABEL_KEY_RE.match(key) if isinstance(key, str) else None
+    if match is None:
         raise SelectorError(f"invalid label key {key!r}: want [prefix/]name, name of at most 63 characters")
-    prefix = _LABEL_KEY_RE.match(key).group("prefix")  # type: ignore[union-attr]
-    if prefix and len(prefix) > 253:
+    prefix = match.group("prefix")
+    if prefix and not is_dns_subdomain(prefix):
         raise SelectorError(f"invalid label key {key!r}: prefix longer than 253 characters")
     return key
 
@@ -79,16 +86,6 @@ class LabelSelector:
             if not requirement.matches(labels):
                 return False
         return True
-
-    def to_dict(self) -> dict[str, Any]:
-        """Render back as a Kubernetes selector (used for docs and the chart)."""
-        exprs = []
-        for r in self.requirements:
-            expr: dict[str, Any] = {"key": r.key, "operator": r.operator}
-            if r.operator in ("In", "NotIn"):
-                expr["values"] = sorted(r.values)
-            exprs.append(expr)
-        return {"matchExpressions": exprs}
 
 
 def parse_selector(data: Any, where: str = "selector") -> LabelSelector:
