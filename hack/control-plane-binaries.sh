@@ -20,6 +20,11 @@ CACHE_ROOT="${XDG_CACHE_HOME:-$HOME/.cache}/flyte-pullsecrets-webhook/control-pl
 OUT="${FPW_CONTROL_PLANE_DIR:-$CACHE_ROOT/k8s-${KUBE_VERSION}_etcd-${ETCD_VERSION}_helm-${HELM_VERSION}}"
 WORK="$CACHE_ROOT/work"
 
+if [[ "${1:-}" == "--print-dir" ]]; then  # where the binaries go; builds nothing
+  echo "$OUT"
+  exit 0
+fi
+
 log() { printf '[control-plane %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
 if [[ -n "${KUBEBUILDER_ASSETS:-}" && -x "$KUBEBUILDER_ASSETS/kube-apiserver" && -x "$KUBEBUILDER_ASSETS/etcd" ]]; then

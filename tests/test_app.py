@@ -6,6 +6,7 @@ import pytest
 
 from tests.reviews import ECR_IMAGE, decode_patch, flyte_pod, review_for
 from webhook import app as app_module
+from webhook import metrics
 from webhook.app import AppState, create_app
 from webhook.config import load_config
 
@@ -95,8 +96,24 @@ async def test_health_and_readiness(client, state):
 
 
 async def test_metrics_count_results(client):
+    # The registry is process-wide and other tests count too: compare before and after.
+    samples = {
+        "patched": ("pullsecrets_webhook_admission_requests_total", {"result": "patched"}),
+        "skipped": ("pullsecrets_webhook_admission_requests_total", {"result": "skipped-not-flyte"}),
+        "injected": (
+            "pullsecrets_webhook_injected_secrets_total",
+            {"registry": "123456789012.dkr.ecr.us-east-1.amazonaws.com", "secret": "ecr-pull"},
+        ),
+    }
+
+    def counts() -> dict[str, float]:
+        return {k: metrics.REGISTRY.get_sample_value(name, labels) or 0.0 for k, (name, labels) in samples.items()}
+
+    before = counts()
     await client.post("/mutate", content=orjson.dumps(review_for(flyte_pod(ECR_IMAGE))))
     await client.post("/mutate", content=orjson.dumps(review_for(flyte_pod(ECR_IMAGE, labels={}))))
+    after = counts()
+    assert {k: after[k] - before[k] for k in samples} == {"patched": 1, "skipped": 1, "injected": 1}
     text = (await client.get("/metrics")).text
     assert 'pullsecrets_webhook_admission_requests_total{result="patched"}' in text
     assert 'pullsecrets_webhook_admission_requests_total{result="skipped-not-flyte"}' in text

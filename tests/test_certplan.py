@@ -1,5 +1,6 @@
 """The certificate planner: what the Secret should hold next, as time passes."""
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -33,13 +34,13 @@ def roundtrip(material):
     return material_from_secret(data, annotations)
 
 
-def valid(material, now):
+def valid(material, now, opts=OPTS):
     return (
         verify_serving_cert(
             material.bundle_pem,
             material.leaf.cert_pem,
             material.leaf.key_pem,
-            dns_names=OPTS.dns_names,
+            dns_names=opts.dns_names,
             ip_addresses=("127.0.0.1",),
             now=now,
         )
@@ -87,7 +88,7 @@ def test_serving_certificate_is_renewed_near_or_past_expiry_with_the_same_ca(ini
 
 def test_mismatched_key_reissues_the_leaf(initial):
     other = generate_serving_cert(generate_ca(), dns_names=["x"])
-    broken = roundtrip(initial).__class__(**{**initial.__dict__, "leaf": KeyPair(initial.leaf.cert_pem, other.key_pem)})
+    broken = replace(initial, leaf=KeyPair(initial.leaf.cert_pem, other.key_pem))
     material, reasons = plan(broken, OPTS, now=T0)
     assert "private key does not match the certificate" in reasons[0]
     assert valid(material, T0)
@@ -95,17 +96,19 @@ def test_mismatched_key_reissues_the_leaf(initial):
 
 def test_leaf_from_a_foreign_ca_is_reissued(initial):
     foreign = generate_serving_cert(generate_ca(), dns_names=OPTS.dns_names, ip_addresses=["127.0.0.1"])
-    broken = initial.__class__(**{**initial.__dict__, "leaf": foreign})
+    broken = replace(initial, leaf=foreign)
     material, reasons = plan(broken, OPTS, now=T0)
     assert "not signed by the given CA" in reasons[0]
     assert valid(material, T0)
 
 
 def test_missing_san_reissues_the_leaf(initial):
-    opts = CertOptions(**{**OPTS.__dict__, "extra_dns_names": ("webhook.example.com",)})
-    _material, reasons = plan(initial, opts, now=T0)
+    opts = replace(OPTS, extra_dns_names=("webhook.example.com",))
+    material, reasons = plan(initial, opts, now=T0)
     assert "missing subjectAltName" in reasons[0]
-    assert "webhook.example.com" in opts.dns_names
+    assert material.leaf != initial.leaf
+    assert material.signer == initial.signer, "the CA is kept"
+    assert valid(material, T0, opts), "the new leaf carries the added name"
 
 
 def test_expired_ca_replaces_everything(initial):
@@ -118,7 +121,7 @@ def test_expired_ca_replaces_everything(initial):
 
 def test_ca_rotation_walks_through_overlapping_phases(initial):
     """At no step is the served leaf's issuer missing from the published bundle."""
-    opts = CertOptions(**{**OPTS.__dict__, "rotate_ca": True})
+    opts = replace(OPTS, rotate_ca=True)
     old_ca = split_pem_bundle(initial.signer.cert_pem)[0]
 
     # 1. the successor CA is published beside the old one; the leaf is unchanged
@@ -207,5 +210,5 @@ def test_long_service_and_namespace_names_fit_x509_limits():
         )
         == []
     )
-    rotated, _ = plan(material, CertOptions(**{**opts.__dict__, "rotate_ca": True}), now=T0)
+    rotated, _ = plan(material, replace(opts, rotate_ca=True), now=T0)
     assert rotated.next_ca is not None

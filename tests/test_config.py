@@ -130,9 +130,6 @@ def _outcome(load, text):
 def test_load_yaml_matches_safe_load(text):
     from webhook.config import load_yaml
 
-    if "recursive" in text:  # a self-containing list: compare the shape, repr shows the cycle
-        assert repr(load_yaml(text)) == repr(yaml.safe_load(text))
-        return
     for given_as in (text, text.encode()):  # error messages name the input's type
         assert _outcome(load_yaml, given_as) == _outcome(safe_load, given_as)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import subprocess
 from pathlib import Path
 
 import kubernetes.client
@@ -47,13 +48,20 @@ def clean_env(monkeypatch, tmp_path):
     return monkeypatch
 
 
+BUILD_SCRIPT = Path(__file__).parent.parent / "hack" / "control-plane-binaries.sh"
+
+
 def test_cache_dir_matches_the_build_script(monkeypatch, tmp_path):
+    def script_dir() -> Path:
+        out = subprocess.run(["bash", str(BUILD_SCRIPT), "--print-dir"], capture_output=True, text=True, check=True)
+        return Path(out.stdout.strip())
+
     monkeypatch.delenv("FPW_CONTROL_PLANE_DIR", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    expected = tmp_path / "flyte-pullsecrets-webhook/control-plane/k8s-v1.36.3_etcd-v3.6.16_helm-v4.3.2"
-    assert controlplane.cache_dir() == expected
+    assert controlplane.cache_dir() == script_dir()
+    assert controlplane.cache_dir().parent == tmp_path / "flyte-pullsecrets-webhook/control-plane"
     monkeypatch.setenv("FPW_CONTROL_PLANE_DIR", str(tmp_path / "elsewhere"))
-    assert controlplane.cache_dir() == tmp_path / "elsewhere"
+    assert controlplane.cache_dir() == script_dir() == tmp_path / "elsewhere"
 
 
 def test_explicit_assets_win(clean_env, tmp_path):
@@ -220,7 +228,7 @@ def test_teardown_frees_ports_and_processes(control_plane):
     assert all(map(port_is_free, ports))
     assert folder is not None
     assert not folder.exists()
-    assert cp.log_tail(5) is not None  # kept in memory for failure reports
+    assert cp.log_tail(5).strip()  # kept in memory for failure reports
     cp.stop()  # idempotent
 
 

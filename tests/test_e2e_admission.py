@@ -8,6 +8,7 @@ force, then creates pods through the apiserver.
 from __future__ import annotations
 
 import base64
+import contextlib
 import http.server
 import json
 import ssl
@@ -50,10 +51,9 @@ def webhook(tmp_path_factory, control_plane):
         yield proc
 
 
-@pytest.fixture
-def scope(webhook, kube_api, core_v1, namespace):
-    """Register the webhook for a fresh scope; returns a factory of namespaces in that scope."""
-    with registered(kube_api, webhook.url, webhook.ca_file.read_bytes()) as scope_id:
+@contextlib.contextmanager
+def _scope(webhook, kube_api, core_v1, namespace, **registration):
+    with registered(kube_api, webhook.url, webhook.ca_file.read_bytes(), **registration) as scope_id:
 
         def make(labels=None, prefix="flytesnacks-development"):
             return namespace({SCOPE_LABEL: scope_id, **(labels or {})}, prefix=prefix)
@@ -61,6 +61,20 @@ def scope(webhook, kube_api, core_v1, namespace):
         probe_ns = make()
         wait_for_injection(core_v1, probe_ns, "ubuntu", "dockerhub")
         make.scope_id = scope_id
+        yield make
+
+
+@pytest.fixture
+def scope(webhook, kube_api, core_v1, namespace):
+    """Register the webhook for a fresh scope; returns a factory of namespaces in that scope."""
+    with _scope(webhook, kube_api, core_v1, namespace) as make:
+        yield make
+
+
+@pytest.fixture
+def unfiltered_scope(webhook, kube_api, core_v1, namespace):
+    """The same, registered with no objectSelector: every pod reaches the webhook, which decides."""
+    with _scope(webhook, kube_api, core_v1, namespace, object_selector={}) as make:
         yield make
 
 
@@ -117,8 +131,8 @@ def test_plugin_pods_with_flyte_labels_are_injected(scope, core_v1, example, exp
     [{}, {"execution-id": "e"}, {"node-id": "n"}, {"app": "not-flyte"}],
     ids=["no labels", "only execution-id", "only node-id", "other labels"],
 )
-def test_pods_without_the_flyte_labels_are_untouched(scope, core_v1, labels):
-    ns = scope()
+def test_pods_without_the_flyte_labels_are_untouched(unfiltered_scope, core_v1, labels):
+    ns = unfiltered_scope()
     stored = create(core_v1, ns, pod_manifest(ECR, labels=labels))
     assert pull_secret_names(stored) == []
     assert "pullsecrets-webhook/injected" not in (stored.metadata.annotations or {})
@@ -129,21 +143,11 @@ def test_opted_out_namespace_is_untouched(scope, core_v1):
     assert pull_secret_names(create(core_v1, ns, pod_manifest(ECR))) == []
 
 
-def test_opted_out_pod_is_untouched(scope, core_v1):
-    ns = scope()
+@pytest.mark.parametrize("scope_kind", ["scope", "unfiltered_scope"], ids=["chart registration", "no objectSelector"])
+def test_opted_out_pod_is_untouched(scope_kind, request, core_v1):
+    ns = request.getfixturevalue(scope_kind)()
     labels = {"execution-id": "e", "node-id": "n", "pullsecrets-injection": "disabled"}
     assert pull_secret_names(create(core_v1, ns, pod_manifest(ECR, labels=labels))) == []
-
-
-def test_opted_out_pod_is_untouched_even_when_the_registration_forgets_the_object_selector(
-    webhook, kube_api, core_v1, namespace
-):
-    with registered(kube_api, webhook.url, webhook.ca_file.read_bytes(), object_selector={}) as scope_id:
-        ns = namespace({SCOPE_LABEL: scope_id})
-        wait_for_injection(core_v1, ns, "ubuntu", "dockerhub")
-        labels = {"execution-id": "e", "node-id": "n", "pullsecrets-injection": "disabled"}
-        assert pull_secret_names(create(core_v1, ns, pod_manifest(ECR, labels=labels))) == []
-        assert pull_secret_names(create(core_v1, ns, pod_manifest(ECR, labels={"app": "x"}))) == []
 
 
 def test_dry_run_returns_the_mutated_pod_and_stores_nothing(scope, core_v1):

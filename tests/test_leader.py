@@ -156,6 +156,6 @@ def test_a_leader_cut_off_from_the_apiserver_stops_before_anyone_takes_over(
     assert events[0][1] - cut > stepped_down
 
 
-def test_timings_must_be_ordered(control_plane: ControlPlane) -> None:
+def test_timings_must_be_ordered() -> None:
     with pytest.raises(ValueError, match="lease_duration > renew_deadline > retry_period"):
         LeaderElector(None, name="x", namespace="y", identity="z", lease_duration=5, renew_deadline=5, retry_period=1)

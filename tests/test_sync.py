@@ -203,12 +203,13 @@ def test_selector_relabel_and_a_foreign_copy_of_the_same_label(env: Env, core_v1
     core = core_v1
     env.source_secret("pull", "t")
     yes, no = env.target({"flyte": "yes"}), env.target({"flyte": "no"})
-    # Labelled as synced, but from another installation's source namespace: not ours.
+    # Carries our owner label (so the copies watch sees it, in a namespace whose copies the sync
+    # removes) but names another source: not ours to judge, never deleted.
     elsewhere = env.target({"flyte": "no"})
     alien = {
         "metadata": {
             "name": "pull",
-            "labels": {SYNCED_FROM_LABEL: "another-namespace"},
+            "labels": {SYNCED_FROM_LABEL: env.source},
             "annotations": {SOURCE_ANNOTATION: "another-namespace/pull"},
         },
         "stringData": {"k": "theirs"},
