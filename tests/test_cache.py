@@ -20,7 +20,15 @@ import kubernetes.client
 import pytest
 
 from tests.controlplane import ControlPlane
-from webhook.cache import ACCEPT_TABLE, TYPE_UNKNOWN, ClusterCache, MetadataCodec, Reflector, TableCodec
+from webhook.cache import (
+    ACCEPT_TABLE,
+    TYPE_UNKNOWN,
+    ClusterCache,
+    MetadataCodec,
+    Reflector,
+    TableCodec,
+    _secret_entry,
+)
 
 BOUND = 5.0  # seconds within which a change must show in the cache
 
@@ -350,7 +358,7 @@ def _run(api: FakeApi, calls: int, **kwargs: Any) -> Reflector:
         api,
         path="/api/v1/secrets",
         kind="test",
-        transform=lambda o: ((o["metadata"]["namespace"], o["metadata"]["name"]), (o.get("columns") or {}).get("Type")),
+        transform=_secret_entry,  # the real one: the Secret cache's transform
         codec=TableCodec(("Name", "Type")),
         fallback=MetadataCodec(),
         **kwargs,

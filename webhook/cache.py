@@ -311,10 +311,6 @@ class Reflector:
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout)
 
-    @property
-    def stopped(self) -> bool:
-        return self._stop.is_set()
-
     # ---- the loop --------------------------------------------------------------------------------
 
     def _run(self) -> None:
@@ -485,8 +481,9 @@ def _secret_entry(obj: Mapping[str, Any]) -> tuple[Key, Any] | None:
     name, namespace = meta.get("name"), meta.get("namespace")
     if not name or not namespace:
         return None
+    # Only the Table codec gives a type ("columns"); metadata-only objects (the fallback) have none.
     columns = obj.get("columns")
-    kind = columns.get("Type") if isinstance(columns, Mapping) else obj.get("type")
+    kind = columns.get("Type") if isinstance(columns, Mapping) else None
     return (namespace, name), str(kind) if kind else TYPE_UNKNOWN
 
 

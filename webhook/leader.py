@@ -48,8 +48,8 @@ TRANSITIONS = Counter(
 )
 
 
-def _micro_time(when: datetime | None = None) -> str:
-    return (when or datetime.now(UTC)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+def _micro_time() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 class LeaderElector:
@@ -66,7 +66,6 @@ class LeaderElector:
         renew_deadline: float = 10.0,
         retry_period: float = 2.0,
         on_started_leading: Callable[[], None] | None = None,
-        on_stopped_leading: Callable[[], None] | None = None,
     ) -> None:
         if not lease_duration > renew_deadline > retry_period > 0:
             raise ValueError("need lease_duration > renew_deadline > retry_period > 0")
@@ -78,7 +77,6 @@ class LeaderElector:
         self.renew_deadline = renew_deadline
         self.retry_period = retry_period
         self.on_started_leading = on_started_leading
-        self.on_stopped_leading = on_stopped_leading
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._renewed_at: float | None = None  # monotonic time of our last successful write as holder
@@ -87,7 +85,6 @@ class LeaderElector:
         self._observed: tuple[str | None, str | None] | None = None
         self._observed_at = 0.0
         self.transitions = 0
-        self.attempts = 0
 
     # ---- state -----------------------------------------------------------------------------------
 
@@ -118,7 +115,6 @@ class LeaderElector:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self.attempts += 1
             # The deadline counts from before the request: the apiserver may record the renewal (and
             # a rival observe it) before our response arrives, never before we sent it.
             started = time.monotonic()
@@ -142,16 +138,14 @@ class LeaderElector:
             self.transitions += 1
             TRANSITIONS.labels(self._where(), "acquired").inc()
             logs.info("became leader", lease=self._where(), identity=self.identity)
-            callback = self.on_started_leading
+            if self.on_started_leading is not None:
+                try:
+                    self.on_started_leading()
+                except Exception:
+                    logs.error("leader callback failed", exc_info=True, lease=self._where())
         else:
             TRANSITIONS.labels(self._where(), "lost").inc()
             logs.info("stopped leading", lease=self._where(), identity=self.identity)
-            callback = self.on_stopped_leading
-        if callback is not None:
-            try:
-                callback()
-            except Exception:
-                logs.error("leader callback failed", exc_info=True, lease=self._where())
 
     def _api(self) -> Any:
         from kubernetes import client

@@ -266,7 +266,6 @@ def _namespace_entry(obj: Mapping[str, Any]) -> tuple[str, NamespaceInfo] | None
 @dataclass
 class _Expectation:
     before: str | None  # the copy's resourceVersion before our write (None: it did not exist)
-    after: str | None  # after it (None: we deleted it)
     at: float = field(default_factory=time.monotonic)
 
 
@@ -334,12 +333,11 @@ class SecretSync:
         )
         self.sources: dict[str, Reflector] = {}
         self.stats: collections.Counter[str] = collections.Counter()
-        self.foreign: dict[tuple[str, str], float] = {}  # key -> monotonic time of the last 409
+        self.foreign: set[tuple[str, str]] = set()  # copies refused by a Secret the sync did not create
         self._expect: dict[tuple[str, str], _Expectation] = {}
         self._kicked = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._passes = 0
         self._idle = threading.Event()
 
     # ---- lifecycle -------------------------------------------------------------------------------
@@ -368,7 +366,9 @@ class SecretSync:
         return self.elector.is_leader() and not self._stop.is_set()
 
     def synced(self) -> bool:
-        return self.namespaces.synced() and self.copies.synced() and all(r.synced() for r in self.sources.values())
+        # Not the sources: reconcile leaves a source it does not know yet alone (no copy, no delete),
+        # so one that never lists (say, a name outside the Role's resourceNames) holds up no other.
+        return self.namespaces.synced() and self.copies.synced()
 
     def kick(self) -> None:
         """Ask for a reconcile pass soon (called by the watches on every change)."""
@@ -468,7 +468,6 @@ class SecretSync:
                 if full:
                     last_full = now
                 pending = self.reconcile(names, retry_foreign=full)
-                self._passes += 1
                 if not pending:
                     self._idle.set()
             except Exception:
@@ -506,8 +505,7 @@ class SecretSync:
                 pending += 1
                 continue
             if copy is None:
-                seen = self.foreign.get(key)
-                if seen is not None and not retry_foreign:
+                if key in self.foreign and not retry_foreign:
                     continue
                 if not self._write("create", key, src, None):
                     return pending + 1
@@ -532,9 +530,7 @@ class SecretSync:
             if not self._write("delete", key, None, copy):
                 return pending + 1
             pending += 1
-        for key in list(self.foreign):
-            if key not in desired:
-                del self.foreign[key]
+        self.foreign &= desired.keys()
         SYNC_FOREIGN.set(len(self.foreign))
         return pending
 
@@ -578,27 +574,23 @@ class SecretSync:
         try:
             if action == "create":
                 assert src is not None
-                created = core.create_namespaced_secret(ns, self._body(key, src, None), field_manager=FIELD_MANAGER)
-                after = created.metadata.resource_version
-                if self.foreign.pop(key, None) is not None:
+                core.create_namespaced_secret(ns, self._body(key, src, None), field_manager=FIELD_MANAGER)
+                if key in self.foreign:
+                    self.foreign.discard(key)
                     logs.info("synced secret: the foreign Secret is gone; copy created", namespace=ns, secret=name)
             elif action == "update":
                 assert src is not None
                 try:
-                    updated = core.replace_namespaced_secret(
-                        name, ns, self._body(key, src, before), field_manager=FIELD_MANAGER
-                    )
-                    after = updated.metadata.resource_version
+                    core.replace_namespaced_secret(name, ns, self._body(key, src, before), field_manager=FIELD_MANAGER)
                 except ApiException as exc:
                     if exc.status != 422:  # 422: the type changed, and a Secret's type is immutable
                         raise
                     core.delete_namespaced_secret(name, ns, body=_precondition(before))
                     self._count("delete", ns, name, "the source's type changed")
-                    created = core.create_namespaced_secret(ns, self._body(key, src, None), field_manager=FIELD_MANAGER)
-                    action, after = "create", created.metadata.resource_version
+                    core.create_namespaced_secret(ns, self._body(key, src, None), field_manager=FIELD_MANAGER)
+                    action = "create"
             else:
                 core.delete_namespaced_secret(name, ns, body=_precondition(before))
-                after = None
         except ApiException as exc:
             if action == "create" and exc.status == 409:
                 if key not in self.foreign:
@@ -608,7 +600,7 @@ class SecretSync:
                         namespace=ns,
                         secret=name,
                     )
-                self.foreign[key] = time.monotonic()
+                self.foreign.add(key)
                 SYNC_FOREIGN.set(len(self.foreign))
                 return True
             if exc.status in (404, 409):  # changed or gone under us: the watch will tell, next pass decides
@@ -621,7 +613,7 @@ class SecretSync:
                 "sync write failed", action=action, namespace=ns, secret=name, status=exc.status, reason=exc.reason
             )
             return True
-        self._expect[key] = _Expectation(before, after)
+        self._expect[key] = _Expectation(before)
         self._count(action, ns, name, None)
         return True
 
