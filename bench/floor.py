@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         ensure_dev_certs(cert_dir)
     tls = ReloadingTLS(cert_dir / "tls.crt", cert_dir / "tls.key")
     state = AppState(config=parse_config({"rules": []}, "<floor>"))
-    options = server.ServeOptions(host=args.host, port=args.port, cert_dir=cert_dir, keep_alive=args.keep_alive)
+    options = server.ServeOptions(host=args.host, port=args.port, keep_alive=args.keep_alive)
     # The one difference from `serve`: the app.
     server.create_app = create_floor_app  # type: ignore[assignment]
     logs.info("serving floor", url=f"https://{args.host}:{args.port}/mutate")

@@ -1,9 +1,12 @@
 """The certificate planner: what the Secret should hold next, as time passes."""
 
+import base64
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from webhook.certplan import (
     NEXT_PUBLISHED,
@@ -182,9 +185,20 @@ def test_unusable_secret_data_is_reported(data, message):
         material_from_secret(data, {})
 
 
-def test_garbage_signer_is_replaced_with_a_reason(initial):
+def _ed25519_key_pem() -> str:
+    key = ed25519.Ed25519PrivateKey.generate()
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    return base64.b64encode(pem).decode()
+
+
+@pytest.mark.parametrize(
+    "signer_key",
+    [lambda: "Zm9v", _ed25519_key_pem],
+    ids=["garbage", "ed25519 (parses, but cannot sign here)"],
+)
+def test_garbage_signer_is_replaced_with_a_reason(initial, signer_key):
     data, annotations = initial.to_secret()
-    data["ca-signer.key"] = "Zm9v"
+    data["ca-signer.key"] = signer_key()
     material, reasons = plan(material_from_secret(data, annotations), OPTS, now=T0)
     assert "cannot be parsed" in reasons[0]
     assert material.signer != initial.signer

@@ -1,8 +1,9 @@
 """The HTTP edge: FastAPI routes around the pure admission logic.
 
-The pod is read as raw bytes and decoded by orjson straight into dicts: no
-request model, so no field of the pod is validated away or dropped, and no
-per-request Pydantic cost. Every answer to a well-formed review is a 200 that
+The review is read as raw bytes and decoded into plain dicts holding the
+fields the webhook reads (``admission.parse_review``): no request model and
+no per-request Pydantic cost, and since the answer is an append-only patch,
+nothing of the pod can be dropped. Every answer to a well-formed review is a 200 that
 allows the pod: an internal fault degrades to "admitted without injection",
 never to a 500 that failurePolicy could turn into a lost pod.
 """
@@ -90,7 +91,7 @@ async def read_body(receive: Receive, limit: int, declared: int | None, deadline
         raise ReviewError(f"request body not received within {deadline:g}s", 408) from None
     finally:
         timer.cancel()
-    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    return b"".join(chunks)  # one chunk: the same bytes object, no copy
 
 
 def request_deadline(query_timeout: str | None, default: float) -> float:
@@ -172,35 +173,39 @@ def create_app(state: AppState) -> FastAPI:
             response.headers.update(exc.headers)
         return response
 
+    def reply(body: Any, status: int = 200) -> Response:
+        # While draining, every answer ends its connection (see _CLOSE), errors included.
+        headers = None if state.ready else _CLOSE
+        return Response(orjson.dumps(body), status_code=status, media_type=_JSON, headers=headers)
+
+    def reject(exc: ReviewError, **fields: Any) -> Response:
+        _labelled(metrics.ADMISSIONS, "invalid").inc()
+        logs.warning("rejected request", status=exc.status, reason=exc.message, **fields)
+        return reply({"error": exc.message, "status": exc.status}, exc.status)
+
     @app.post("/mutate")
     async def mutate(request: Request) -> Response:
         started = time.perf_counter()
         scope = request.scope
         ctype, declared = _content_headers(scope["headers"])
         if ctype not in (_JSON, "", "*/*"):
-            metrics.ADMISSIONS.labels("invalid").inc()
-            return _error(415, f"unsupported content type {ctype!r}: send {_JSON}")
+            return reject(ReviewError(f"unsupported content type {ctype!r}: send {_JSON}", 415))
         try:
             deadline = _deadline_for(scope["query_string"], state.body_timeout)
             body = await read_body(request.receive, state.max_body_bytes, declared, deadline)
             review_obj = parse_review(body)
         except ReviewError as exc:
-            metrics.ADMISSIONS.labels("invalid").inc()
-            logs.warning("rejected request", status=exc.status, reason=exc.message)
-            return _error(exc.status, exc.message)
+            return reject(exc)
 
         uid = review_obj["request"]["uid"]
         try:
             decision = review(review_obj, state.config, state.cluster)
         except ReviewError as exc:
-            metrics.ADMISSIONS.labels("invalid").inc()
-            logs.warning("rejected request", status=exc.status, reason=exc.message, uid=uid)
-            return _error(exc.status, exc.message)
+            return reject(exc, uid=uid)
         except Exception as exc:  # a bug must not cost the user a pod: admit untouched
-            metrics.ADMISSIONS.labels("error").inc()
+            _labelled(metrics.ADMISSIONS, "error").inc()
             logs.error("admission failed; pod admitted without injection", exc_info=True, uid=uid)
-            body_out = make_response(uid, warnings=[f"pullsecrets-webhook: internal error ({type(exc).__name__})"])
-            return Response(orjson.dumps(body_out), media_type=_JSON, headers=None if state.ready else _CLOSE)
+            return reply(make_response(uid, warnings=[f"pullsecrets-webhook: internal error ({type(exc).__name__})"]))
 
         _labelled(metrics.ADMISSIONS, decision.outcome).inc()
         fields: dict[str, Any] = {
@@ -215,22 +220,21 @@ def create_app(state: AppState) -> FastAPI:
         if mutation is not None:
             for secret, registry in mutation.added_for_registry.items():
                 _labelled(metrics.INJECTED, secret, metrics.registry_label(registry)).inc()
-            for registry in mutation.unmatched_registries:
-                _labelled(metrics.UNMATCHED, metrics.registry_label(registry)).inc()
-            if mutation.problems:
-                metrics.INVALID_IMAGES.inc(len(mutation.problems))
-            for secret in mutation.missing_secrets:
-                _labelled(metrics.MISSING_SECRETS, secret).inc()
-            fields["added"] = list(mutation.added)
+            fields["added"] = list(mutation.added_for_registry)
             if mutation.unmatched_registries:
+                for registry in mutation.unmatched_registries:
+                    _labelled(metrics.UNMATCHED, metrics.registry_label(registry)).inc()
                 fields["unmatched"] = list(mutation.unmatched_registries)
             if mutation.missing_secrets:
+                for secret in mutation.missing_secrets:
+                    _labelled(metrics.MISSING_SECRETS, secret).inc()
                 fields["missing_secrets"] = list(mutation.missing_secrets)
             if mutation.problems:
+                metrics.INVALID_IMAGES.inc(len(mutation.problems))
                 fields["invalid_images"] = [p.field for p in mutation.problems]
-        out = orjson.dumps(decision.response)
+        response = reply(decision.response)
         _record(fields, started)
-        return Response(out, media_type=_JSON, headers=None if state.ready else _CLOSE)
+        return response
 
     @app.get("/healthz")
     async def healthz() -> Response:

@@ -71,14 +71,12 @@ CACHE_OBJECTS = Gauge(
     "Objects held by the metadata cache, by kind (secrets, namespaces).",
     ["kind"],
     registry=REGISTRY,
-    multiprocess_mode="max",
 )
 CACHE_SYNCED = Gauge(
     "pullsecrets_webhook_cache_synced",
     "1 once the cache of a kind has completed its initial list.",
     ["kind"],
     registry=REGISTRY,
-    multiprocess_mode="min",
 )
 CACHE_LISTS = Counter(
     "pullsecrets_webhook_cache_lists",

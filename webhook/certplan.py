@@ -24,17 +24,14 @@ import base64
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-
 from webhook.certs import (
     CertificateError,
     KeyPair,
     KeyType,
+    ca_problem,
     generate_ca,
     generate_serving_cert,
     join_pem_bundle,
-    load_certificate,
     needs_renewal,
     service_dns_names,
     split_pem_bundle,
@@ -142,28 +139,6 @@ def material_from_secret(data: dict[str, str] | None, annotations: dict[str, str
     )
 
 
-def _ca_problem(ca: KeyPair, now: datetime) -> str | None:
-    """Why ``ca`` cannot sign, or None."""
-    try:
-        cert = load_certificate(ca.cert_pem)
-        key = serialization.load_pem_private_key(ca.key_pem, password=None)
-    except (CertificateError, ValueError, TypeError):
-        return "CA certificate or key cannot be parsed"
-    try:
-        is_ca = cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
-    except x509.ExtensionNotFound:
-        is_ca = False
-    if not is_ca:
-        return "CA certificate is not a CA"
-    if key.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    ) != cert.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo):
-        return "CA key does not match the CA certificate"
-    if now >= cert.not_valid_after_utc:
-        return f"CA expired at {cert.not_valid_after_utc.isoformat()}"
-    return None
-
-
 def _new_leaf(signer: KeyPair, opts: CertOptions, now: datetime) -> KeyPair:
     return generate_serving_cert(
         signer,
@@ -207,7 +182,7 @@ def plan(
     if current is None:
         reason = invalid_reason or "no certificate Secret yet"
         return fresh(opts, now), [f"{reason}: created a new CA and serving certificate"]
-    problem = _ca_problem(current.signer, now)
+    problem = ca_problem(current.signer, now)
     if problem is not None:
         return fresh(opts, now), [f"{problem}: replaced the CA and serving certificate"]
 
@@ -220,7 +195,7 @@ def plan(
 
     overlap_done = m.since is not None and now - m.since >= opts.rotation_overlap
     if m.phase == NEXT_PUBLISHED:
-        if m.next_ca is None or _ca_problem(m.next_ca, now) is not None:
+        if m.next_ca is None or ca_problem(m.next_ca, now) is not None:
             m = replace(m, next_ca=None, phase=None, since=None, bundle=(signer_pem,))
             reasons.append("the successor CA was unusable: rotation abandoned")
         elif (

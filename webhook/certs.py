@@ -103,14 +103,11 @@ def generate_serving_cert(
         raise ValueError("a serving certificate needs at least one DNS name or IP address")
     _check_validity(validity)
     now = _resolve_now(now)
+    problem = ca_problem(ca, now)
+    if problem is not None:
+        raise CertificateError(problem)
     ca_cert = load_certificate(ca.cert_pem)
     ca_key = _load_private_key(ca.key_pem)
-    if not _is_ca(ca_cert):
-        raise CertificateError("the issuing certificate is not a CA (BasicConstraints ca=False or absent)")
-    if not _same_public_key(ca_cert.public_key(), ca_key.public_key()):
-        raise CertificateError("the CA private key does not match the CA certificate")
-    if ca_cert.not_valid_after_utc <= now:
-        raise CertificateError(f"the CA certificate expired at {ca_cert.not_valid_after_utc.isoformat()}")
 
     ips = [ipaddress.ip_address(ip) for ip in ip_addresses]
     sans: list[x509.GeneralName] = [x509.DNSName(name) for name in dns_names]
@@ -182,6 +179,22 @@ def ensure_dev_certs(cert_dir: Path) -> bool:
     )
     _write_cert_dir(cert_dir, ca.cert_pem, serving, clobber=False)
     return True
+
+
+def ca_problem(ca: KeyPair, now: datetime | None = None) -> str | None:
+    """Why ``ca`` cannot sign serving certificates, or None if it can."""
+    try:
+        ca_cert = load_certificate(ca.cert_pem)
+        ca_key = _load_private_key(ca.key_pem)
+    except CertificateError as exc:
+        return f"the CA certificate or key cannot be parsed: {exc}"
+    if not _is_ca(ca_cert):
+        return "the issuing certificate is not a CA (BasicConstraints ca=False or absent)"
+    if not _same_public_key(ca_cert.public_key(), ca_key.public_key()):
+        return "the CA private key does not match the CA certificate"
+    if ca_cert.not_valid_after_utc <= _resolve_now(now):
+        return f"the CA expired at {ca_cert.not_valid_after_utc.isoformat()}"
+    return None
 
 
 def load_certificate(pem: bytes) -> x509.Certificate:

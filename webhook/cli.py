@@ -95,13 +95,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     options = ServeOptions(
         host=args.host,
         port=args.port,
-        cert_dir=cert_dir,
         config_path=Path(args.config),
         shutdown_delay=args.shutdown_delay,
         graceful_timeout=args.graceful_timeout,
         keep_alive=args.keep_alive,
         reload_interval=args.reload_interval,
-        max_body_bytes=args.max_body_bytes,
         cert_manager=cert_manager,
         header_timeout=args.header_timeout,
     )
@@ -243,7 +241,7 @@ def cmd_init_certs(args: argparse.Namespace) -> int:
         reasons=result.reasons,
         webhooks_patched=result.webhooks_patched,
         files_written=result.files_written,
-        expires=result.material and _expiry(result.material.leaf.cert_pem),
+        expires=_expiry(result.material.leaf.cert_pem),
     )
     return EXIT_OK
 
@@ -306,7 +304,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds to keep serving after SIGTERM with readiness false (Kubernetes: ~5)",
     )
     serve.add_argument("--graceful-timeout", type=float, default=20.0, help="max seconds to drain in-flight requests")
-    serve.add_argument("--keep-alive", type=int, default=100, help="idle keep-alive seconds (default: %(default)s)")
+    serve.add_argument(
+        "--keep-alive",
+        type=int,
+        default=100,  # webhook.server.DEFAULT_KEEP_ALIVE (not imported: it pulls in uvicorn)
+        help="idle keep-alive seconds (default: %(default)s)",
+    )
     serve.add_argument(
         "--reload-interval",
         type=float,
@@ -315,7 +318,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--max-body-bytes", type=int, default=4 * 1024 * 1024, help="larger requests get HTTP 413")
     serve.add_argument(
-        "--header-timeout", type=float, default=10.0, help="close connections whose request headers take longer"
+        "--header-timeout",
+        type=float,
+        default=10.0,
+        help="close connections whose request headers take longer",
     )
     serve.add_argument(
         "--body-timeout",

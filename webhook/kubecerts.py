@@ -20,7 +20,7 @@ from typing import Any
 
 from webhook import logs
 from webhook.certplan import CertOptions, InvalidMaterial, Material, material_from_secret, plan
-from webhook.certs import KeyPair, write_cert_dir
+from webhook.certs import write_cert_dir
 
 FIELD_MANAGER = "pullsecrets-webhook"
 _MAX_ATTEMPTS = 6
@@ -45,10 +45,6 @@ class EnsureResult:
     secret_written: bool
     webhooks_patched: int
     files_written: bool
-
-
-def _status(exc: Exception) -> int | None:
-    return getattr(exc, "status", None)
 
 
 def _read_secret(core: Any, opts: CertOptions) -> dict[str, Any] | None:
@@ -156,7 +152,7 @@ def ensure_certificates(
 
     patched = patch_ca_bundle(admission, opts, material.bundle_pem)
     files = write_files(cert_dir, material) if cert_dir is not None else False
-    return EnsureResult(material, reasons if written else [], written, patched, files)
+    return EnsureResult(material, reasons, written, patched, files)
 
 
 def patch_ca_bundle(admission: Any, opts: CertOptions, bundle_pem: bytes) -> int:
@@ -216,7 +212,7 @@ def write_files(cert_dir: Path, material: Material) -> bool:
     }
     if all(_digest(cert_dir / name) == hashlib.sha256(data).hexdigest() for name, data in wanted.items()):
         return False
-    write_cert_dir(cert_dir, material.bundle_pem, KeyPair(material.leaf.cert_pem, material.leaf.key_pem))
+    write_cert_dir(cert_dir, material.bundle_pem, material.leaf)
     return True
 
 

@@ -38,7 +38,6 @@ IS_LEADER = Gauge(
     "1 while this process holds the sync Lease.",
     ["lease"],
     registry=REGISTRY,
-    multiprocess_mode="max",
 )
 TRANSITIONS = Counter(
     "pullsecrets_webhook_leader_transitions",

@@ -7,7 +7,6 @@ stream of pods with random registries cannot grow the series without limit.
 
 from __future__ import annotations
 
-import os
 import threading
 
 from prometheus_client import (
@@ -17,7 +16,6 @@ from prometheus_client import (
     Gauge,
     Histogram,
     generate_latest,
-    multiprocess,
 )
 
 MAX_LABEL_VALUES = 100
@@ -64,18 +62,16 @@ CONFIG_RELOADS = Counter(
     ["result"],
     registry=REGISTRY,
 )
-RULES = Gauge(f"{_NS}_rules", "Rules in the configuration being served.", registry=REGISTRY, multiprocess_mode="max")
+RULES = Gauge(f"{_NS}_rules", "Rules in the configuration being served.", registry=REGISTRY)
 CONFIG_VALID = Gauge(
     f"{_NS}_config_last_reload_successful",
     "1 when the last attempt to load the rules file succeeded, 0 when the old rules are kept.",
     registry=REGISTRY,
-    multiprocess_mode="min",
 )
 CERT_EXPIRY = Gauge(
     f"{_NS}_certificate_expiry_timestamp_seconds",
     "Expiry (Unix time) of the serving certificate currently in use.",
     registry=REGISTRY,
-    multiprocess_mode="min",
 )
 
 for _result in ("success", "failure"):
@@ -104,9 +100,5 @@ registry_label = BoundedLabel()
 
 
 def render() -> tuple[bytes, str]:
-    """Exposition text; aggregates worker processes when running multiprocess."""
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)
-        return generate_latest(registry), CONTENT_TYPE_LATEST
+    """Exposition text of this process's metrics (one process per pod; replicas are scraped apart)."""
     return generate_latest(REGISTRY), CONTENT_TYPE_LATEST

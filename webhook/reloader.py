@@ -69,4 +69,7 @@ class ConfigReloader:
             await asyncio.sleep(interval)
             # Parsing thousands of rules takes seconds: off the event loop, admissions go on
             # with the old rules until the new ones are swapped in.
-            await asyncio.to_thread(self.reload_if_changed)
+            try:
+                await asyncio.to_thread(self.reload_if_changed)
+            except Exception:  # a bug here must not end reloading for the life of the process
+                logs.error("unexpected error while checking the rules file", exc_info=True, path=str(self.path))

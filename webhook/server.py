@@ -36,13 +36,11 @@ DEFAULT_KEEP_ALIVE = 100
 class ServeOptions:
     host: str = "127.0.0.1"
     port: int = 8443
-    cert_dir: Path = Path("certs")
     config_path: Path | None = None
     shutdown_delay: float = 0.0
     graceful_timeout: float = 20.0
     keep_alive: int = DEFAULT_KEEP_ALIVE
     reload_interval: float = 2.0
-    max_body_bytes: int = 4 * 1024 * 1024
     limit_concurrency: int | None = None
     header_timeout: float = DEFAULT_HEADER_TIMEOUT
     cert_manager: CertManager | None = None
@@ -77,12 +75,11 @@ class WebhookServer(uvicorn.Server):
         await super().serve(sockets)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        self.state.ready = False
         if self._draining or self.shutdown_delay <= 0 or self._loop is None:
-            self.state.ready = False
             super().handle_exit(sig, frame)
             return
         self._draining = True
-        self.state.ready = False
         logs.info("termination requested; not ready, serving on before stop", delay_s=self.shutdown_delay)
         self._loop.call_soon_threadsafe(self._loop.call_later, self.shutdown_delay, super().handle_exit, sig, frame)
 
@@ -103,7 +100,8 @@ def build_server(options: ServeOptions, state: AppState, tls: ReloadingTLS) -> W
         log_config=None,
         server_header=False,
         timeout_keep_alive=options.keep_alive,
-        timeout_graceful_shutdown=int(options.graceful_timeout),
+        # uvicorn annotates an int but waits with asyncio: int() would turn 0.5 s into no drain at all.
+        timeout_graceful_shutdown=options.graceful_timeout,  # type: ignore[arg-type]
         limit_concurrency=options.limit_concurrency,
     )
     return WebhookServer(config, state, options.shutdown_delay)

@@ -93,13 +93,11 @@ SYNC_FOREIGN = Gauge(
     "pullsecrets_webhook_sync_foreign_secrets",
     "Target Secrets left alone because a Secret of that name exists and was not made by the sync.",
     registry=REGISTRY,
-    multiprocess_mode="max",
 )
 SYNC_COPIES = Gauge(
     "pullsecrets_webhook_sync_copies",
     "Copies made by the sync that exist, as last seen by the sync's watch.",
     registry=REGISTRY,
-    multiprocess_mode="max",
 )
 
 
