@@ -33,6 +33,10 @@ control-plane:
 test: $(VENV)/.installed control-plane lint
 	$(BIN)/pytest
 
+## e2e: the end-to-end tests only (real kube-apiserver, etcd and helm)
+e2e: $(VENV)/.installed control-plane
+	$(BIN)/pytest -m "e2e or helm"
+
 ## unit: the fast tests only (no control plane)
 unit: $(VENV)/.installed
 	$(BIN)/pytest -m "not e2e and not helm and not slow"
