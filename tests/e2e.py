@@ -72,13 +72,27 @@ def pull_secret_names(pod: Any) -> list[str]:
     return [s.name for s in pod.spec.image_pull_secrets or []]
 
 
-def wait_until(predicate: Callable[[], bool], timeout: float = 30.0, interval: float = 0.2, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
+def wait_until(
+    predicate: Callable[[], bool],
+    timeout: float = 30.0,
+    what: str = "",
+    *,
+    interval: float = 0.2,
+    ignore: tuple[type[Exception], ...] = (),
+) -> float:
+    """Poll ``predicate`` until true; returns the seconds it took. ``ignore``: errors that mean "not yet"."""
+    start = time.monotonic()
+    last: Exception | None = None
+    while time.monotonic() - start < timeout:
+        try:
+            if predicate():
+                return time.monotonic() - start
+        except ignore as exc:
+            last = exc
         time.sleep(interval)
-    raise TimeoutError(f"timed out after {timeout}s waiting for {what or predicate}")
+    raise TimeoutError(
+        f"timed out after {timeout}s waiting for {what or predicate}{f' (last: {last})' if last else ''}"
+    )
 
 
 def dry_run_create(core: kubernetes.client.CoreV1Api, namespace: str, pod: dict[str, Any]) -> dict[str, Any]:

@@ -20,6 +20,7 @@ import kubernetes.client
 import pytest
 
 from tests.controlplane import ControlPlane
+from tests.e2e import wait_until
 from webhook.cache import (
     ACCEPT_TABLE,
     TYPE_UNKNOWN,
@@ -34,13 +35,7 @@ BOUND = 5.0  # seconds within which a change must show in the cache
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float = BOUND, what: str = "") -> float:
-    """Poll until true; returns the seconds it took."""
-    start = time.monotonic()
-    while time.monotonic() - start < timeout:
-        if predicate():
-            return time.monotonic() - start
-        time.sleep(0.02)
-    raise AssertionError(f"not within {timeout}s: {what}")
+    return wait_until(predicate, timeout, what, interval=0.02)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ import kubernetes.client
 import pytest
 
 from tests.controlplane import ControlPlane
+from tests.e2e import wait_until
 from webhook.leader import LeaderElector
 
 # Short timings for tests: lease 2 s, renew deadline 1.5 s, retry 0.25 s.
@@ -23,12 +24,7 @@ TIMINGS = {"lease_duration": 2.0, "renew_deadline": 1.5, "retry_period": 0.25}
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> float:
-    start = time.monotonic()
-    while time.monotonic() - start < timeout:
-        if predicate():
-            return time.monotonic() - start
-        time.sleep(0.01)
-    raise AssertionError(f"not within {timeout}s: {what}")
+    return wait_until(predicate, timeout, what, interval=0.01)  # 10 ms: takeover times are asserted
 
 
 class Sampler:

@@ -21,6 +21,7 @@ import yaml
 from kubernetes.client.rest import ApiException
 
 from tests.controlplane import ControlPlane
+from tests.e2e import wait_until
 from webhook.sync import (
     SOURCE_ANNOTATION,
     SOURCE_HASH_ANNOTATION,
@@ -38,16 +39,7 @@ DOCKER = "kubernetes.io/dockerconfigjson"
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float = BOUND, what: str = "") -> float:
-    start = time.monotonic()
-    last: Any = None
-    while time.monotonic() - start < timeout:
-        try:
-            if predicate():
-                return time.monotonic() - start
-        except ApiException as exc:
-            last = exc
-        time.sleep(0.05)
-    raise AssertionError(f"not within {timeout}s: {what} {last or ''}")
+    return wait_until(predicate, timeout, what, interval=0.05, ignore=(ApiException,))
 
 
 def docker_data(token: str) -> dict[str, str]:
