@@ -538,20 +538,24 @@ def _garbage_cases(ca: KeyPair, leaf: KeyPair) -> dict[str, tuple[bytes, str]]:
     }
 
 
-@pytest.mark.parametrize(
-    "case",
-    [
-        "empty",
-        "text",
-        "truncated",
-        "truncated-second",
-        "bad-base64",
-        "corrupt-der",
-        "private-key",
-        "key-in-bundle",
-        "csr",
-    ],
-)
+GARBAGE = [
+    "empty",
+    "text",
+    "truncated",
+    "truncated-second",
+    "bad-base64",
+    "corrupt-der",
+    "private-key",
+    "key-in-bundle",
+    "csr",
+]
+
+
+def test_every_garbage_case_is_run(ca: KeyPair, leaf: KeyPair) -> None:
+    assert list(_garbage_cases(ca, leaf)) == GARBAGE
+
+
+@pytest.mark.parametrize("case", GARBAGE)
 def test_garbage_raises_certificate_error(ca: KeyPair, leaf: KeyPair, case: str) -> None:
     data, fragment = _garbage_cases(ca, leaf)[case]
     with pytest.raises(CertificateError, match=fragment) as exc_info:

@@ -386,6 +386,10 @@ BAD_PAIRS = [
 ]
 
 
+def test_every_bad_pair_is_run() -> None:
+    assert list(_bad_pairs(issue(name="a"), issue(name="b"))) == BAD_PAIRS
+
+
 @pytest.mark.parametrize("case", BAD_PAIRS)
 def test_bad_files_leave_old_cert_served(
     cert_dir: Path, serve: Callable[..., EchoServer], caplog: pytest.LogCaptureFixture, case: str

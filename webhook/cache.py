@@ -5,8 +5,8 @@ exist in namespace ``ns`` (and of which type), and which labels does namespace `
 :class:`ClusterCache` answers both from memory with one dict lookup; background threads keep
 the memory current with the usual list-then-watch protocol (a ``Reflector`` per kind).
 
-What is requested, and why no Secret data ever reaches this process
---------------------------------------------------------------------
+What is requested, and why no Secret data ever reaches this cache
+-----------------------------------------------------------------
 A Secret's ``type`` is not part of its metadata, so ``PartialObjectMetadata`` (the
 metadata-only form) cannot answer "is it a docker config secret?". Verified against the
 real kube-apiserver (v1.36) in ``tests/test_cache.py``:
@@ -68,13 +68,14 @@ _BACKOFF_MIN, _BACKOFF_MAX = 0.5, 30.0
 
 CACHE_OBJECTS = Gauge(
     "pullsecrets_webhook_cache_objects",
-    "Objects held by the metadata cache, by kind (secrets, namespaces).",
+    "Objects held by each watch, by kind (secrets and namespaces for the cache; sync-namespaces, "
+    "sync-copies and sync-source:<name> for the secret sync).",
     ["kind"],
     registry=REGISTRY,
 )
 CACHE_SYNCED = Gauge(
     "pullsecrets_webhook_cache_synced",
-    "1 once the cache of a kind has completed its initial list.",
+    "1 once the watch of a kind (see pullsecrets_webhook_cache_objects) has completed its initial list.",
     ["kind"],
     registry=REGISTRY,
 )
@@ -272,7 +273,7 @@ class Reflector:
         self._thread: threading.Thread | None = None
         self._resp: Any = None
         self.resource_version: str | None = None
-        self.lists = 0  # full lists done (tests and metrics look at it)
+        self.lists = 0  # full lists done (tests look at it; the metric is CACHE_LISTS)
         self.last_error: str | None = None
 
     # ---- reads -----------------------------------------------------------------------------------
