@@ -9,7 +9,9 @@
 # Environment:
 #   KUBE_VERSION, ETCD_VERSION, HELM_VERSION   pins (defaults below)
 #   FPW_CONTROL_PLANE_DIR   where the binaries go (default: XDG cache, keyed by versions)
-#   KUBEBUILDER_ASSETS      if it already holds kube-apiserver and etcd, nothing is built
+#   KUBEBUILDER_ASSETS      envtest binaries: if it (or TEST_ASSET_KUBE_APISERVER and TEST_ASSET_ETCD)
+#                           provides kube-apiserver and etcd, those are used and only helm is built,
+#                           and only if neither the assets, TEST_ASSET_HELM nor PATH has one
 set -euo pipefail
 
 KUBE_VERSION="${KUBE_VERSION:-v1.36.3}"
@@ -27,12 +29,6 @@ fi
 
 log() { printf '[control-plane %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
-if [[ -n "${KUBEBUILDER_ASSETS:-}" && -x "$KUBEBUILDER_ASSETS/kube-apiserver" && -x "$KUBEBUILDER_ASSETS/etcd" ]]; then
-  log "using KUBEBUILDER_ASSETS=$KUBEBUILDER_ASSETS; nothing to build"
-  echo "$KUBEBUILDER_ASSETS"
-  exit 0
-fi
-
 # A cached binary counts only if it reports the pinned version: an unstamped or stale build
 # (e.g. `/version` saying v0.0.0-master) is rebuilt rather than trusted.
 reports() { # binary, expected substring of its version output, version arguments...
@@ -43,7 +39,25 @@ have_kube_apiserver() { reports "$OUT/kube-apiserver" "Kubernetes $KUBE_VERSION"
 have_etcd() { reports "$OUT/etcd" "etcd Version: ${ETCD_VERSION#v}" --version; }
 have_helm() { reports "$OUT/helm" "$HELM_VERSION" version --template '{{.Version}}'; }
 
-if have_etcd && have_helm && have_kube_apiserver; then
+# envtest's assets hold kube-apiserver and etcd but never helm: take those as they are and build helm
+# only when nothing else provides it, so the chart tests run too.
+# The same precedence as tests/controlplane.py: TEST_ASSET_* first, then KUBEBUILDER_ASSETS.
+ASSETS="${KUBEBUILDER_ASSETS:-}"
+GIVEN_APISERVER="${TEST_ASSET_KUBE_APISERVER:-${ASSETS:+$ASSETS/kube-apiserver}}"
+GIVEN_ETCD="${TEST_ASSET_ETCD:-${ASSETS:+$ASSETS/etcd}}"
+ENVTEST=""
+if [[ -n "$GIVEN_APISERVER" && -x "$GIVEN_APISERVER" && -n "$GIVEN_ETCD" && -x "$GIVEN_ETCD" ]]; then
+  ENVTEST=1
+  if [[ -n "${TEST_ASSET_HELM:-}" || ( -n "$ASSETS" && -x "$ASSETS/helm" ) ]] || have_helm \
+    || command -v helm >/dev/null || ! command -v go >/dev/null; then
+    log "using $GIVEN_APISERVER and $GIVEN_ETCD; nothing to build"
+    echo "${ASSETS:-$OUT}"
+    exit 0
+  fi
+  log "using $GIVEN_APISERVER and $GIVEN_ETCD; building only helm, into $OUT"
+fi
+
+if [[ -z "$ENVTEST" ]] && have_etcd && have_helm && have_kube_apiserver; then
   log "ready (cached): $OUT"
   echo "$OUT"
   exit 0
@@ -59,7 +73,9 @@ flock 9
 # Go prints nothing while it downloads and compiles; a heartbeat shows it is alive. It must not
 # hold the lock (fd 9) nor outlive the script, or an interrupted build blocks the next one forever.
 HEARTBEAT_PID=""
-heartbeat() { while sleep 30; do log "  ... still building $1"; done; }
+# Its sleep gets no stdio: killing the loop leaves sleep running out its 30 s, and a caller reading
+# our output through a pipe would wait for it.
+heartbeat() { while sleep 30 </dev/null >/dev/null 2>&1; do log "  ... still building $1"; done; }
 stop_heartbeat() { [[ -z "$HEARTBEAT_PID" ]] || kill "$HEARTBEAT_PID" 2>/dev/null || true; HEARTBEAT_PID=""; }
 trap stop_heartbeat EXIT
 
@@ -130,6 +146,11 @@ build_helm() {
 }
 
 # Checked again under the lock: another clone may have built them meanwhile.
+if [[ -n "$ENVTEST" ]]; then
+  have_helm || build_helm
+  echo "${ASSETS:-$OUT}"
+  exit 0
+fi
 have_etcd || build_etcd
 have_helm || build_helm
 have_kube_apiserver || build_kube_apiserver

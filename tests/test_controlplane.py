@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -113,6 +114,65 @@ def test_wrong_explicit_path_is_not_silently_replaced(clean_env, tmp_path):
     clean_env.setenv("TEST_ASSET_ETCD", str(tmp_path / "nope"))
     with pytest.raises(pytest.skip.Exception, match="TEST_ASSET_ETCD"):
         find_binaries()
+
+
+# A stand-in for Go: records each call, and `go install` leaves a helm that reports the pinned version.
+_FAKE_GO = """#!/bin/sh
+echo "$*" >> "$FAKE_GO_LOG"
+case "$1" in
+  install) printf '#!/bin/sh\\necho %s\\n' "$HELM_VERSION" > "$GOBIN/helm"; chmod +x "$GOBIN/helm" ;;
+  *) exit 1 ;;
+esac
+"""
+
+
+@pytest.mark.parametrize(
+    ("given", "helm_from", "builds_helm"),
+    [
+        pytest.param("kubebuilder", None, True, id="envtest-assets-have-no-helm: helm alone is built"),
+        pytest.param("test-asset", None, True, id="TEST_ASSET pair, no helm: helm alone is built"),
+        pytest.param("kubebuilder", "assets", False, id="helm in the assets: nothing built"),
+        pytest.param("kubebuilder", "path", False, id="helm on PATH: nothing built"),
+        pytest.param("kubebuilder", "test-asset", False, id="TEST_ASSET_HELM: nothing built"),
+    ],
+)
+def test_build_script_with_given_binaries_builds_at_most_helm(tmp_path, given, helm_from, builds_helm):
+    if shutil.which("helm", path="/usr/bin:/bin"):
+        pytest.skip("a system helm is on the base PATH this test relies on being helm-free")
+    bin_dir, kb, out = tmp_path / "bin", tmp_path / "kb", tmp_path / "out"
+    go = _fake_bin(bin_dir, "go")
+    go.write_text(_FAKE_GO)
+    env = {
+        "PATH": f"{bin_dir}:/usr/bin:/bin",
+        "HOME": str(tmp_path),
+        "XDG_CACHE_HOME": str(tmp_path / "cache"),
+        "FPW_CONTROL_PLANE_DIR": str(out),
+        "FAKE_GO_LOG": str(tmp_path / "go.log"),
+        "HELM_VERSION": controlplane.HELM_VERSION,
+    }
+    if given == "kubebuilder":
+        _fake_bin(kb, "kube-apiserver")
+        _fake_bin(kb, "etcd")
+        env["KUBEBUILDER_ASSETS"] = str(kb)
+    else:
+        env["TEST_ASSET_KUBE_APISERVER"] = str(_fake_bin(tmp_path / "a", "kube-apiserver"))
+        env["TEST_ASSET_ETCD"] = str(_fake_bin(tmp_path / "b", "etcd"))
+    if helm_from == "assets":
+        _fake_bin(kb, "helm")
+    elif helm_from == "path":
+        _fake_bin(bin_dir, "helm")
+    elif helm_from == "test-asset":
+        env["TEST_ASSET_HELM"] = str(_fake_bin(tmp_path / "c", "helm"))
+
+    run = subprocess.run(["bash", str(BUILD_SCRIPT)], env=env, capture_output=True, text=True, timeout=60)
+
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == str(kb if given == "kubebuilder" else out)
+    go_calls = (tmp_path / "go.log").read_text().splitlines() if (tmp_path / "go.log").exists() else []
+    assert [call.split()[0] for call in go_calls] == (["install"] if builds_helm else [])
+    assert (out / "helm").exists() == builds_helm
+    assert not (out / "kube-apiserver").exists()
+    assert not (out / "etcd").exists()
 
 
 # --------------------------------------------------------------------------------------------------
