@@ -22,6 +22,8 @@ from kubernetes.client.rest import ApiException
 
 from tests.controlplane import ControlPlane
 from tests.e2e import wait_until
+from webhook import FIELD_MANAGER
+from webhook import sync as sync_module
 from webhook.sync import (
     SOURCE_ANNOTATION,
     SOURCE_HASH_ANNOTATION,
@@ -152,6 +154,7 @@ def test_copy_update_foreign_new_namespace_and_delete(env: Env, core_v1: kuberne
     assert annotations[SOURCE_ANNOTATION] == f"{env.source}/pull-a"
     assert annotations[SOURCE_RV_ANNOTATION] == source["metadata"]["resourceVersion"]
     assert len(annotations[SOURCE_HASH_ANNOTATION]) == 64
+    assert [m["manager"] for m in copy["metadata"]["managedFields"]] == [FIELD_MANAGER]
     assert read(core, other, "pull-a") is None
     assert read(core, other, "pull-b") is None
 
@@ -328,6 +331,36 @@ def test_a_replica_that_loses_the_lease_stops_writing(env: Env, core_v1: kuberne
     time.sleep(1.5)
     assert env.copy_matches(ns, "pull", "v1"), "a replica without the lease wrote"
     assert sum(sync.stats.values()) == writes
+
+
+def test_a_source_that_never_lists_holds_up_no_other_and_keeps_its_copies(
+    env: Env, core_v1: kubernetes.client.CoreV1Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # One source's list fails for good (in production: a name the Role does not cover, added by
+    # a live rules change); the apiserver answers it 404 here.
+    real = sync_module.Reflector
+
+    def reflector(api_client: Any, *, kind: str, path: str, **kwargs: Any) -> Any:
+        if kind == "sync-source:stuck":
+            path += "-refused"
+        return real(api_client, kind=kind, path=path, **kwargs)
+
+    monkeypatch.setattr(sync_module, "Reflector", reflector)
+    env.source_secret("pull", "v1")
+    env.source_secret("stuck", "s1")
+    ns = env.target()
+    # A copy of the stuck source made earlier (say, by the previous leader).
+    core_v1.create_namespaced_secret(
+        ns, {"metadata": {"name": "stuck", "labels": {SYNCED_FROM_LABEL: env.source}}, "stringData": {"k": "v"}}
+    )
+    env.write_config(secrets=["pull", "stuck"])
+    sync = env.start()
+    wait_for(lambda: env.copy_matches(ns, "pull", "v1"), 10, "the copy of the source that lists")
+    wait_for(lambda: sync.stats["create"] == 1, what="the create counted")
+    time.sleep(1.5)  # a full resync or more
+    assert not sync.sources["stuck"].synced()
+    assert read(core_v1, ns, "stuck") is not None, "the copy of a source not known yet was deleted"
+    assert sync.stats == {"create": 1}, sync.stats
 
 
 @pytest.mark.parametrize(

@@ -18,11 +18,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from webhook import logs
+from webhook import FIELD_MANAGER, logs
 from webhook.certplan import CertOptions, InvalidMaterial, Material, material_from_secret, plan
 from webhook.certs import write_cert_dir
 
-FIELD_MANAGER = "pullsecrets-webhook"
 _MAX_ATTEMPTS = 6
 
 

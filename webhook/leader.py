@@ -28,10 +28,8 @@ from typing import Any
 
 from prometheus_client import Counter, Gauge
 
-from webhook import logs
+from webhook import FIELD_MANAGER, logs
 from webhook.metrics import REGISTRY
-
-FIELD_MANAGER = "pullsecrets-webhook"
 
 IS_LEADER = Gauge(
     "pullsecrets_webhook_leader",

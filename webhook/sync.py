@@ -52,7 +52,7 @@ from typing import Any
 import yaml
 from prometheus_client import Counter, Gauge
 
-from webhook import logs
+from webhook import FIELD_MANAGER, logs
 from webhook.cache import Codec, MetadataCodec, Reflector
 from webhook.leader import LeaderElector
 from webhook.metrics import REGISTRY
@@ -64,7 +64,6 @@ SOURCE_ANNOTATION = "pullsecrets-webhook/source"
 SOURCE_RV_ANNOTATION = "pullsecrets-webhook/source-resource-version"
 SOURCE_HASH_ANNOTATION = "pullsecrets-webhook/source-hash"
 MANAGED_BY = {"app.kubernetes.io/managed-by": "pullsecrets-webhook"}
-FIELD_MANAGER = "pullsecrets-webhook"
 
 DEFAULT_NAMESPACE_GLOBS = ("*-development", "*-staging", "*-production")
 DEFAULT_EXCLUDED = ("kube-system", "kube-public", "kube-node-lease")
