@@ -194,6 +194,10 @@ def test_slow_headers_are_cut_off(tmp_path):
         assert time.monotonic() - start < 4
         with httpx.Client(verify=webhook.ssl_context()) as c:  # still serving
             assert c.get(webhook.base_url + "/healthz").status_code == 200
+        # The two peers never close their side; a cut-off connection must not hold the stop.
+        start = time.monotonic()
+        assert webhook.stop() == 0
+        assert time.monotonic() - start < 5, "cut-off connections held the graceful stop"
 
 
 def test_slow_body_gets_408_within_the_apiserver_timeout(tmp_path):
@@ -213,6 +217,7 @@ def test_slow_body_gets_408_within_the_apiserver_timeout(tmp_path):
             if not chunk:
                 break
             answer += chunk
+        sock.close()
         assert time.monotonic() - start < 5
         assert answer.startswith(b"HTTP/1.1 408")
         assert b"request body not received within 1s" in answer

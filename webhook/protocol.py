@@ -70,7 +70,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._header_timer = None
         if not self.transport.is_closing():
             self.logger.warning("closing a connection that sent no complete request headers in time")
-            self.transport.close()
+            # abort, not close: a peer this slow would hold a TLS close_notify exchange (and with it
+            # a graceful shutdown) for as long as it stays silent.
+            self.transport.abort()
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
