@@ -166,6 +166,49 @@ def test_ca_rotation_walks_through_overlapping_phases(initial):
     assert valid(m3, now + timedelta(minutes=11))
 
 
+@pytest.mark.parametrize("phase", [NEXT_PUBLISHED, SWITCHED])
+def test_a_rotation_phase_without_a_start_time_restarts_its_overlap_instead_of_stalling(initial, phase):
+    started, _ = plan(initial, replace(OPTS, rotate_ca=True), now=T0)
+    data, annotations = started.to_secret()
+    annotations["pullsecrets-webhook/ca-rotation"] = phase
+    annotations["pullsecrets-webhook/ca-rotation-since"] = "not a time"
+    stalled = material_from_secret(data, annotations)
+    later = T0 + timedelta(days=1)
+    m, reasons = plan(stalled, OPTS, now=later, published_bundle=stalled.bundle_pem)
+    assert reasons == [f"CA rotation phase {phase!r} had no readable start time: its overlap starts now"]
+    assert roundtrip(m).since == later
+    assert m.phase == phase
+    # ... and the rotation moves on once that overlap has passed
+    _, reasons = plan(roundtrip(m), OPTS, now=later + timedelta(minutes=11), published_bundle=m.bundle_pem)
+    assert reasons
+    assert "CA rotation" in reasons[0]
+
+
+def test_renew_cert_reissues_the_leaf_with_the_same_ca(initial):
+    m, reasons = plan(initial, replace(OPTS, renew_cert=True), now=T0 + timedelta(days=1))
+    assert reasons == ["serving certificate re-issued on request"]
+    assert m.signer == initial.signer
+    assert m.bundle == initial.bundle
+    assert m.leaf != initial.leaf
+    assert valid(m, T0 + timedelta(days=1))
+
+
+@pytest.mark.parametrize(
+    ("change", "problem"),
+    [
+        ({"renew_before": timedelta(days=90)}, "serving certificate's renewal window"),
+        ({"cert_validity": timedelta(days=7)}, "serving certificate's renewal window"),
+        ({"ca_validity": timedelta(days=100)}, "CA's renewal window"),
+        ({"rotation_overlap": timedelta(0)}, "overlap must be positive"),
+    ],
+)
+def test_options_that_would_renew_on_every_check_are_refused(change, problem):
+    assert OPTS.problems() == []
+    problems = replace(OPTS, **change).problems()
+    assert len(problems) == 1
+    assert problem in problems[0]
+
+
 def test_ca_rotation_starts_by_itself_when_the_ca_nears_expiry(initial):
     material, reasons = plan(initial, OPTS, now=T0 + timedelta(days=901))
     assert any("successor CA published" in r for r in reasons)

@@ -111,6 +111,52 @@ def test_init_certs_creates_the_secret_publishes_the_ca_and_the_apiserver_trusts
     assert secret_bytes(setup.read_secret(), "tls.crt") == secret_bytes(secret, "tls.crt")
 
 
+def test_init_certs_sets_every_entrys_ca_bundle_and_nothing_else_and_the_configuration_owns_the_secret(
+    setup, admission_v1, kube_api, core_v1
+):
+    def read():
+        return kube_api.sanitize_for_serialization(admission_v1.read_mutating_webhook_configuration(setup.mwc))
+
+    before = read()
+    second = {**before["webhooks"][0], "name": "second." + before["webhooks"][0]["name"], "timeoutSeconds": 7}
+    second["clientConfig"] = {k: v for k, v in second["clientConfig"].items() if k != "caBundle"}
+    patch = [
+        {"op": "add", "path": "/webhooks/-", "value": second},
+        {"op": "add", "path": "/metadata/labels", "value": {"owned-by": "helm"}},
+    ]
+    admission_v1.patch_mutating_webhook_configuration(setup.mwc, patch, _content_type="application/json-patch+json")
+    before = read()
+    # A Secret made by an earlier version (no owner), with an annotation another tool set.
+    setup.run_init_certs()
+    secret = setup.read_secret()
+    assert [r.name for r in secret.metadata.owner_references] == [setup.mwc]  # set on creation
+    secret.metadata.owner_references = None
+    secret.metadata.annotations = {**(secret.metadata.annotations or {}), "backup.example.com/skip": "true"}
+    core_v1.replace_namespaced_secret(setup.secret, setup.ns, secret)
+
+    out = setup.run_init_certs()
+    assert f"owner reference to {setup.mwc} added" in out
+    after = read()
+    ca = base64.b64encode(secret_bytes(setup.read_secret(), "ca.crt")).decode()
+    assert [w["clientConfig"]["caBundle"] for w in after["webhooks"]] == [ca, ca]
+
+    def without_bundles_and_bookkeeping(mwc):
+        mwc = yaml.safe_load(yaml.safe_dump(mwc))
+        for key in ("resourceVersion", "managedFields", "generation"):
+            mwc["metadata"].pop(key, None)
+        for hook in mwc["webhooks"]:
+            hook["clientConfig"].pop("caBundle", None)
+        return mwc
+
+    assert without_bundles_and_bookkeeping(after) == without_bundles_and_bookkeeping(before)
+    owned = setup.read_secret()
+    assert [(r.kind, r.name, r.uid) for r in owned.metadata.owner_references] == [
+        ("MutatingWebhookConfiguration", setup.mwc, after["metadata"]["uid"])
+    ]
+    assert not owned.metadata.owner_references[0].block_owner_deletion
+    assert owned.metadata.annotations["backup.example.com/skip"] == "true"
+
+
 def test_concurrent_init_certs_end_with_one_ca_and_the_same_secret(setup, tmp_path):
     procs = [setup.init_certs(cert_dir=tmp_path / f"replica-{i}") for i in range(4)]
     outputs = [p.communicate(timeout=90)[0] for p in procs]
@@ -220,7 +266,7 @@ def test_rotation_under_a_stream_of_pod_creations_loses_no_admission(setup, core
         with PodStream(core_v1, setup.flyte_ns) as stream:
             time.sleep(1)
             # (a) the serving certificate is renewed (same CA) and the files change under the listener
-            setup.run_init_certs("--renew-before-days", "1000")
+            setup.run_init_certs("--renew-cert")
             wait_until(
                 lambda: (cert_dir / "tls.crt").read_bytes() != secret_bytes(original, "tls.crt"),
                 10,

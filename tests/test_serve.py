@@ -126,6 +126,24 @@ def test_serve_refuses_a_bad_config_with_a_clear_message(tmp_path):
     assert "rules[0] (registry 'ghcr.io'): 'secrets' must be a non-empty list" in r.stderr
 
 
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("init-certs", "--cert-validity-days", "7"), "renewal window must be shorter than its validity"),
+        (("init-certs", "--ca-validity-days", "300"), "the CA's renewal window must be shorter"),
+        (
+            ("serve", "--config", str(CONFIG), "--manage-certs", "--cert-check-interval", "600"),
+            "--cert-check-interval must be shorter than --rotation-overlap",
+        ),
+    ],
+)
+def test_certificate_settings_that_cannot_settle_are_refused_before_any_api_call(tmp_path, args, message):
+    names = ("--namespace", "ns", "--service", "svc", "--secret", "tls", "--kubeconfig", str(tmp_path / "none"))
+    r = run_cli(*args, *names, *(("--cert-dir", str(tmp_path / "c")) if args[0] == "serve" else ()))
+    assert r.returncode == 1, r.stderr
+    assert message in r.stderr
+
+
 def test_check_config():
     r = run_cli("check-config", str(CONFIG))
     assert r.returncode == 0

@@ -40,6 +40,7 @@ from webhook.certs import (
 
 PHASE_ANNOTATION = "pullsecrets-webhook/ca-rotation"
 SINCE_ANNOTATION = "pullsecrets-webhook/ca-rotation-since"
+ROTATION_ANNOTATIONS = (PHASE_ANNOTATION, SINCE_ANNOTATION)
 NEXT_PUBLISHED = "next-published"
 SWITCHED = "switched"
 
@@ -60,6 +61,18 @@ class CertOptions:
     ca_renew_before: timedelta = timedelta(days=365)
     rotation_overlap: timedelta = timedelta(minutes=10)
     rotate_ca: bool = False
+    renew_cert: bool = False
+
+    def problems(self) -> list[str]:
+        """Settings that could never settle: a window as long as the lifetime renews on every check."""
+        found = []
+        if self.renew_before >= self.cert_validity:
+            found.append("the serving certificate's renewal window must be shorter than its validity")
+        if self.ca_renew_before >= self.ca_validity:
+            found.append("the CA's renewal window must be shorter than its validity")
+        if self.rotation_overlap <= timedelta(0):
+            found.append("the CA rotation overlap must be positive")
+        return found
 
     @property
     def dns_names(self) -> list[str]:
@@ -193,6 +206,10 @@ def plan(
         m = replace(m, bundle=(signer_pem, *m.bundle))
         reasons.append("ca.crt did not hold the signing CA: added it")
 
+    if m.phase in (NEXT_PUBLISHED, SWITCHED) and m.since is None:
+        # Without a start time the overlap could never end: start it over from now.
+        m = replace(m, since=now)
+        reasons.append(f"CA rotation phase {m.phase!r} had no readable start time: its overlap starts now")
     overlap_done = m.since is not None and now - m.since >= opts.rotation_overlap
     if m.phase == NEXT_PUBLISHED:
         if m.next_ca is None or ca_problem(m.next_ca, now) is not None:
@@ -241,6 +258,9 @@ def plan(
     if problems:
         m = replace(m, leaf=_new_leaf(m.signer, opts, now))
         reasons.append(f"serving certificate re-issued ({'; '.join(problems)})")
+    elif opts.renew_cert:
+        m = replace(m, leaf=_new_leaf(m.signer, opts, now))
+        reasons.append("serving certificate re-issued on request")
     elif needs_renewal(m.leaf.cert_pem, renew_before=opts.renew_before, now=now):
         m = replace(m, leaf=_new_leaf(m.signer, opts, now))
         reasons.append("serving certificate renewed before expiry")

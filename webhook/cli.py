@@ -49,8 +49,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
             return _fail("--manage-certs needs --namespace, --service and --secret")
         from webhook.kubecerts import CertManagerLoop
 
+        opts = _cert_options(args)
+        problems = opts.problems()
+        if args.cert_check_interval >= opts.rotation_overlap.total_seconds():
+            # Every replica must pick up the new serving certificate before the old CA leaves the bundle.
+            problems.append("--cert-check-interval must be shorter than --rotation-overlap")
+        if problems:
+            return _fail("; ".join(problems))
         try:
-            cert_manager = CertManagerLoop(_cert_options(args), cert_dir, args.kubeconfig, args.cert_check_interval)
+            cert_manager = CertManagerLoop(opts, cert_dir, args.kubeconfig, args.cert_check_interval)
             cert_manager.run_once()
         except Exception as exc:
             return _fail(f"cannot set up certificates in the cluster: {type(exc).__name__}: {exc}")
@@ -220,6 +227,7 @@ def _cert_options(args: argparse.Namespace) -> CertOptions:
         ca_renew_before=timedelta(days=args.ca_renew_before_days),
         rotation_overlap=timedelta(seconds=args.rotation_overlap),
         rotate_ca=getattr(args, "rotate_ca", False),
+        renew_cert=getattr(args, "renew_cert", False),
     )
 
 
@@ -228,6 +236,8 @@ def cmd_init_certs(args: argparse.Namespace) -> int:
 
     logs.setup_logging(args.log_level, args.log_format)
     opts = _cert_options(args)
+    if opts.problems():
+        return _fail("; ".join(opts.problems()))
     try:
         api = api_client(args.kubeconfig)
         result = ensure_certificates(api, opts, Path(args.cert_dir) if args.cert_dir else None)
@@ -352,6 +362,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_cert_arguments(init, required=True)
     init.add_argument("--cert-dir", help="also write ca.crt, tls.crt and tls.key here")
     init.add_argument("--rotate-ca", action="store_true", help="start a CA rotation now (completed by serve)")
+    init.add_argument(
+        "--renew-cert", action="store_true", help="re-issue the serving certificate now (same CA; replicas reload it)"
+    )
     init.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     init.add_argument("--log-format", default="json", choices=["json", "text"])
     init.set_defaults(func=cmd_init_certs)

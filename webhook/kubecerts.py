@@ -19,7 +19,14 @@ from pathlib import Path
 from typing import Any
 
 from webhook import FIELD_MANAGER, logs
-from webhook.certplan import CertOptions, InvalidMaterial, Material, material_from_secret, plan
+from webhook.certplan import (
+    ROTATION_ANNOTATIONS,
+    CertOptions,
+    InvalidMaterial,
+    Material,
+    material_from_secret,
+    plan,
+)
 from webhook.certs import write_cert_dir
 
 _MAX_ATTEMPTS = 6
@@ -57,8 +64,7 @@ def _read_secret(core: Any, opts: CertOptions) -> dict[str, Any] | None:
         raise
 
 
-def _published_bundle(admission: Any, opts: CertOptions) -> bytes | None:
-    mwc = _read_webhook_config(admission, opts)
+def _published_bundle(mwc: dict[str, Any] | None) -> bytes | None:
     if not mwc:
         return None
     bundles = {(w.get("clientConfig") or {}).get("caBundle") for w in mwc.get("webhooks") or []}
@@ -81,22 +87,55 @@ def _read_webhook_config(admission: Any, opts: CertOptions) -> dict[str, Any] | 
     return admission.api_client.sanitize_for_serialization(obj)
 
 
+def _owner_reference(mwc: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The webhook configuration owns the Secret: removing it (helm uninstall) garbage-collects the CA key.
+
+    No ``blockOwnerDeletion``: that would need ``update`` on the configuration's finalizers.
+    """
+    if not mwc:
+        return None
+    meta = mwc.get("metadata") or {}
+    return {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "MutatingWebhookConfiguration",
+        "name": meta.get("name"),
+        "uid": meta.get("uid"),
+    }
+
+
+def _lacks_owner(secret: dict[str, Any], owner: dict[str, Any] | None) -> bool:
+    if owner is None:
+        return False
+    refs = (secret.get("metadata") or {}).get("ownerReferences") or []
+    return not any(ref.get("uid") == owner["uid"] for ref in refs)
+
+
 def _secret_body(
     opts: CertOptions,
     material: Material,
-    resource_version: str | None,
-    labels: dict[str, str] | None,
-    secret_type: str | None = None,
+    existing: dict[str, Any] | None,
+    owner: dict[str, Any] | None,
 ) -> dict[str, Any]:
-    data, annotations = material.to_secret()
+    """The Secret to write; what others put on an existing one (labels, annotations, owners) is kept."""
+    data, ours = material.to_secret()
+    old = (existing or {}).get("metadata") or {}
+    # Our rotation annotations are rewritten whole (a finished rotation drops them); the rest stays.
+    annotations = {k: v for k, v in (old.get("annotations") or {}).items() if k not in ROTATION_ANNOTATIONS}
     metadata: dict[str, Any] = {
         "name": opts.secret,
         "namespace": opts.namespace,
-        "labels": {"app.kubernetes.io/managed-by": "pullsecrets-webhook", **(labels or {})},
-        "annotations": annotations,
+        "labels": {"app.kubernetes.io/managed-by": "pullsecrets-webhook", **(old.get("labels") or {})},
+        "annotations": {**annotations, **ours},
     }
-    if resource_version:
-        metadata["resourceVersion"] = resource_version
+    refs = list(old.get("ownerReferences") or [])
+    if owner is not None:
+        # A configuration recreated under the same name has a new uid: the stale reference goes.
+        refs = [r for r in refs if r.get("kind") != owner["kind"] or r.get("name") != owner["name"]] + [owner]
+    if refs:
+        metadata["ownerReferences"] = refs
+    if old.get("resourceVersion"):
+        metadata["resourceVersion"] = old["resourceVersion"]
+    secret_type = (existing or {}).get("type")
     # A Secret's type is immutable: an existing one (say, Opaque made by hand) keeps its type.
     kind = secret_type or "kubernetes.io/tls"
     return {"apiVersion": "v1", "kind": "Secret", "type": kind, "metadata": metadata, "data": data}
@@ -116,6 +155,8 @@ def ensure_certificates(
     written = False
     for _attempt in range(_MAX_ATTEMPTS):
         secret = _read_secret(core, opts)
+        mwc = _read_webhook_config(admission, opts)
+        owner = _owner_reference(mwc)
         current: Material | None = None
         invalid: str | None = None
         if secret is not None:
@@ -125,18 +166,17 @@ def ensure_certificates(
             except InvalidMaterial as exc:
                 invalid = f"Secret {opts.namespace}/{opts.secret} unusable ({exc})"
         material, reasons = plan(
-            current, opts, now=now, published_bundle=_published_bundle(admission, opts), invalid_reason=invalid
+            current, opts, now=now, published_bundle=_published_bundle(mwc), invalid_reason=invalid
         )
+        if not reasons and secret is not None and _lacks_owner(secret, owner):
+            reasons = [f"owner reference to {opts.webhook_config} added"]  # Secrets made before owners were set
         if not reasons:
             break
+        body = _secret_body(opts, material, secret, owner)
         try:
             if secret is None:
-                core.create_namespaced_secret(
-                    opts.namespace, _secret_body(opts, material, None, None), field_manager=FIELD_MANAGER
-                )
+                core.create_namespaced_secret(opts.namespace, body, field_manager=FIELD_MANAGER)
             else:
-                meta = secret.get("metadata") or {}
-                body = _secret_body(opts, material, meta.get("resourceVersion"), meta.get("labels"), secret.get("type"))
                 core.replace_namespaced_secret(opts.secret, opts.namespace, body, field_manager=FIELD_MANAGER)
         except ApiException as exc:
             if exc.status == 409:  # another replica wrote first: read its result and judge again
