@@ -718,7 +718,7 @@ def test_grace_period_exceeds_shutdown_delay_and_drain(render: Callable[..., lis
         pytest.param(
             {**SECRET_MODE, "rules": [{"registry": "ghcr.io", "secrets": ["g"]}]},
             ["1 rule(s)", "certificates: secret"],
-            ["WARNING", "helm uninstall` leaves it"],
+            ["WARNING", "deleted with it on helm uninstall"],
             id="secret-with-rules",
         ),
         pytest.param(
@@ -834,12 +834,32 @@ def test_checksum_follows_the_rules(render: Callable[..., list[dict[str, Any]]])
     assert "checksum/config" not in (annotations.get("annotations") or {})
 
 
+SELF_DEFAULTS = yaml.safe_load((CHART / "values.yaml").read_text())["certs"]["self"]
+
+
 @pytest.mark.parametrize(
     ("values", "init"),
     [
         pytest.param({}, True, id="self"),
         pytest.param(
             {"certs": {"extraDnsNames": ["webhook.example.com"], "extraIPs": ["10.0.0.9"]}}, True, id="self-extra-sans"
+        ),
+        pytest.param(
+            {
+                "certs": {
+                    "self": {
+                        "keyType": "rsa",
+                        "caValidityDays": 730,
+                        "caRenewBeforeDays": 60,
+                        "certValidityDays": 14.5,
+                        "renewBeforeDays": 4,
+                        "rotationOverlapSeconds": 1200,
+                        "checkIntervalSeconds": 60,
+                    }
+                }
+            },
+            True,
+            id="self-lifetimes",
         ),
         pytest.param(CERT_MANAGER, False, id="cert-manager"),
         pytest.param(SECRET_MODE, False, id="secret"),
@@ -874,6 +894,20 @@ def test_container_args_parse_with_the_cli(
         assert init_args.cluster_domain == "cluster.local"
         assert init_args.extra_dns == args.extra_dns == values.get("certs", {}).get("extraDnsNames")
         assert init_args.extra_ip == args.extra_ip == values.get("certs", {}).get("extraIPs")
+        # Both commands get the same certificate settings, or they would fight over the Secret.
+        own = {**SELF_DEFAULTS, **values.get("certs", {}).get("self", {})}
+        for parsed in (args, init_args):
+            assert (parsed.key_type, parsed.ca_validity_days, parsed.ca_renew_before_days) == (
+                own["keyType"],
+                own["caValidityDays"],
+                own["caRenewBeforeDays"],
+            )
+            assert (parsed.cert_validity_days, parsed.renew_before_days, parsed.rotation_overlap) == (
+                own["certValidityDays"],
+                own["renewBeforeDays"],
+                own["rotationOverlapSeconds"],
+            )
+        assert args.cert_check_interval == own["checkIntervalSeconds"]
         env = container(objects, "init-certs", init=True)["env"]
         assert env == [{"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}}]
     else:
@@ -936,6 +970,22 @@ def test_container_args_parse_with_the_cli(
             {"certs": {"mode": "secret", "secretName": "x"}},
             ["certs.mode=secret needs webhook.caBundle"],
             id="secret-without-ca",
+        ),
+        pytest.param({"certs": {"self": {"keyType": "dsa"}}}, ["/certs/self/keyType", "'ecdsa', 'rsa'"], id="key-type"),
+        pytest.param(
+            {"certs": {"self": {"renewBeforeDays": 90}}},
+            ["certs.self.renewBeforeDays (90) must be less than certs.self.certValidityDays (90)"],
+            id="renew-window",
+        ),
+        pytest.param(
+            {"certs": {"self": {"caValidityDays": 365}}},
+            ["certs.self.caRenewBeforeDays (365) must be less than certs.self.caValidityDays (365)"],
+            id="ca-renew-window",
+        ),
+        pytest.param(
+            {"certs": {"self": {"checkIntervalSeconds": 600}}},
+            ["certs.self.checkIntervalSeconds (600) must be less than certs.self.rotationOverlapSeconds (600)"],
+            id="check-interval",
         ),
         pytest.param(
             {"terminationGracePeriodSeconds": 20},
@@ -1336,6 +1386,12 @@ def test_self_mode_runs_with_the_chart_rbac(
         assert proc.returncode == 0, f"init-certs failed:\n{proc.stdout}\n{proc.stderr}"
         secret = core_v1.read_namespaced_secret(secret_name, ns)
         assert {"ca.crt", "tls.crt", "tls.key"} <= set(secret.data)
+        # Owned by the chart's webhook configuration: uninstall deletes it, and the garbage collector
+        # (not running here) then deletes the Secret and its CA key.
+        mwc_uid = admission_v1.read_mutating_webhook_configuration(mwc_name).metadata.uid
+        assert [(r.kind, r.name, r.uid) for r in secret.metadata.owner_references] == [
+            ("MutatingWebhookConfiguration", mwc_name, mwc_uid)
+        ]
         bundle = admission_v1.read_mutating_webhook_configuration(mwc_name).webhooks[0].client_config.ca_bundle
         assert bundle, "init-certs did not publish the caBundle"
         assert {p.name for p in cert_dir.iterdir()} >= {"ca.crt", "tls.crt", "tls.key"}
@@ -1363,6 +1419,7 @@ def test_self_mode_runs_with_the_chart_rbac(
         assert other.spec.image_pull_secrets is None
     finally:
         kube_helm(control_plane, "uninstall", release, "-n", ns)
-        # Created at run time, not by Helm: the one object uninstall leaves (documented in NOTES.txt).
+        # Created at run time, not by Helm; a cluster's garbage collector removes it after the
+        # configuration that owns it, but this control plane runs no controllers.
         with contextlib.suppress(ApiException):
             core_v1.delete_namespaced_secret(secret_name, ns)

@@ -138,6 +138,20 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 - --extra-ip
 - {{ . | quote }}
 {{- end }}
+{{- with .Values.certs.self }}
+- --key-type
+- {{ .keyType }}
+- --ca-validity-days
+- {{ .caValidityDays | quote }}
+- --ca-renew-before-days
+- {{ .caRenewBeforeDays | quote }}
+- --cert-validity-days
+- {{ .certValidityDays | quote }}
+- --renew-before-days
+- {{ .renewBeforeDays | quote }}
+- --rotation-overlap
+- {{ .rotationOverlapSeconds | quote }}
+{{- end }}
 {{- end -}}
 
 {{/* The rules file rendered from values. */}}
@@ -185,6 +199,18 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- $drain := add .Values.shutdownDelaySeconds .Values.gracefulTimeoutSeconds -}}
 {{- if le (int .Values.terminationGracePeriodSeconds) (int $drain) -}}
 {{- fail (printf "terminationGracePeriodSeconds (%v) must exceed shutdownDelaySeconds + gracefulTimeoutSeconds (%v), or pods are killed mid-drain" .Values.terminationGracePeriodSeconds $drain) -}}
+{{- end -}}
+{{- $own := .Values.certs.self -}}
+{{- if eq .Values.certs.mode "self" -}}
+{{- if ge (float64 $own.renewBeforeDays) (float64 $own.certValidityDays) -}}
+{{- fail (printf "certs.self.renewBeforeDays (%v) must be less than certs.self.certValidityDays (%v), or the certificate is renewed on every check" $own.renewBeforeDays $own.certValidityDays) -}}
+{{- end -}}
+{{- if ge (float64 $own.caRenewBeforeDays) (float64 $own.caValidityDays) -}}
+{{- fail (printf "certs.self.caRenewBeforeDays (%v) must be less than certs.self.caValidityDays (%v), or the CA rotates on every check" $own.caRenewBeforeDays $own.caValidityDays) -}}
+{{- end -}}
+{{- if ge (float64 $own.checkIntervalSeconds) (float64 $own.rotationOverlapSeconds) -}}
+{{- fail (printf "certs.self.checkIntervalSeconds (%v) must be less than certs.self.rotationOverlapSeconds (%v), or a replica can miss a CA rotation phase" $own.checkIntervalSeconds $own.rotationOverlapSeconds) -}}
+{{- end -}}
 {{- end -}}
 {{- if and (eq .Values.certs.mode "secret") (not .Values.webhook.caBundle) -}}
 {{- fail "certs.mode=secret needs webhook.caBundle: the base64 PEM CA that verifies certs.secretName" -}}
