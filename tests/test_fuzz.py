@@ -116,7 +116,7 @@ def oracle(text: str) -> tuple[str, str, str | None, str | None] | None:
     if remote.lower() != remote:
         return None
     m = _ORACLE.fullmatch(f"{domain}/{remainder}")
-    if m is None or len(m["name"]) > MAX_NAME_LENGTH:
+    if m is None or len(m["path"]) > MAX_NAME_LENGTH:
         return None
     digest = m["digest"]
     if digest is not None:
@@ -141,7 +141,7 @@ def check_reference(text: Any) -> ImageReference | None:
     assert all(isinstance(part, str) for part in (ref.registry, ref.repository))
     assert ref.tag is None or isinstance(ref.tag, str)
     assert ref.digest is None or isinstance(ref.digest, str)
-    assert len(ref.name) <= MAX_NAME_LENGTH
+    assert len(ref.repository) <= MAX_NAME_LENGTH
     again = parse_image(str(ref))
     assert again == ref, f"{text!r} -> {ref} -> {again}"
     assert str(again) == str(ref)

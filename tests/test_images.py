@@ -18,12 +18,12 @@ SHA384 = "sha384:" + "0123456789abcdef" * 6
 SHA512 = "sha512:" + "0123456789abcdef" * 8
 HEX64 = "0123456789abcdef" * 4
 
-# 255 characters total: "example.com/" is 12, so the path gets 243.
-NAME_255 = "example.com/" + "a" * 243
-NAME_256 = "example.com/" + "a" * 244
-# Docker Hub short names are measured after normalization ("docker.io/library/" is 18).
-SHORT_255 = "a" * 237
-SHORT_256 = "a" * 238
+# The limit is on the path alone (distribution/reference v0.6, as the kubelet parses): the host
+# does not count, the "library/" a Docker Hub short name gains does.
+NAME_255 = "example.com/" + "a" * 255
+NAME_256 = "example.com/" + "a" * 256
+SHORT_255 = "a" * 247
+SHORT_256 = "a" * 248
 
 # (input, registry, repository, tag, digest)
 VALID = [
@@ -151,9 +151,17 @@ VALID = [
     pytest.param("x/a.b-c_d__e", "docker.io", "x/a.b-c_d__e", None, None, id="sep-mixed"),
     pytest.param("0/1", "docker.io", "0/1", None, None, id="digits-only"),
     # Length boundary
-    pytest.param(NAME_255, "example.com", "a" * 243, None, None, id="name-255"),
-    pytest.param(NAME_255 + ":" + "t" * 128, "example.com", "a" * 243, "t" * 128, None, id="name-255-tag-not-counted"),
-    pytest.param(SHORT_255, "docker.io", "library/" + SHORT_255, None, None, id="short-name-255-normalized"),
+    pytest.param(NAME_255, "example.com", "a" * 255, None, None, id="path-255"),
+    pytest.param(NAME_255 + ":" + "t" * 128, "example.com", "a" * 255, "t" * 128, None, id="path-255-tag-not-counted"),
+    pytest.param(
+        "registry." + "x" * 60 + ".example.com:5000/" + "a" * 255,
+        "registry." + "x" * 60 + ".example.com:5000",
+        "a" * 255,
+        None,
+        None,
+        id="path-255-long-host-not-counted",
+    ),
+    pytest.param(SHORT_255, "docker.io", "library/" + SHORT_255, None, None, id="short-name-path-255-with-library"),
 ]
 
 # (input, expected message substring)
@@ -233,10 +241,10 @@ INVALID = [
     pytest.param(":tag", "empty path component", id="tag-only"),
     pytest.param("@" + SHA256, "empty path component", id="digest-only"),
     # Length
-    pytest.param(NAME_256, "must not be more than 255 characters", id="name-256"),
+    pytest.param(NAME_256, "must not be more than 255 characters", id="path-256"),
     pytest.param(SHORT_256, "must not be more than 255 characters", id="short-name-256-normalized"),
     pytest.param(
-        "registry.example.com:5000/" + "/".join(["abcdefghij"] * 21),
+        "registry.example.com:5000/" + "/".join(["abcdefghij"] * 24),
         "must not be more than 255 characters",
         id="many-components-too-long",
     ),

@@ -27,6 +27,11 @@ MATCHES = [
     ("ghcr.io/my-org/app", "ghcr.io/my-org/app:v2", True, "path equal to the repository"),
     ("ghcr.io/my-org/", "ghcr.io/my-org/app", True, "trailing slash ignored"),
     ("https://ghcr.io/v2/", "ghcr.io/x/y", True, "scheme and /v2/ ignored"),
+    ("https://ghcr.io/v2/my-org", "ghcr.io/my-org/app", True, "leading /v2/ is the API version (kubelet)"),
+    ("https://ghcr.io/v2/my-org", "ghcr.io/other/app", False, "the path after /v2/ still limits"),
+    ("ghcr.io/v2", "ghcr.io/v2/app", True, "a bare v2 segment is a namespace"),
+    ("ghcr.io/v2", "ghcr.io/other/app", False, "a bare v2 segment does not widen to the host"),
+    ("index.docker.io/v1/library", "ubuntu", True, "leading /v1/ then a path"),
     ("http://ghcr.io", "ghcr.io/x/y", True, "http scheme ignored"),
     ("*.dkr.ecr.*.amazonaws.com", "123456789012.dkr.ecr.us-east-1.amazonaws.com/app:v1", True, "ECR glob"),
     ("*.dkr.ecr.*.amazonaws.com", "123456789012.dkr.ecr.eu-west-3.amazonaws.com/a/b", True, "any region"),
@@ -76,6 +81,7 @@ BAD_PATTERNS = [
     ("gh_cr.io", "invalid host label"),
     ("[zz:1]:5000", "invalid IPv6"),
     ("a]b.io", "unexpected"),
+    ("[z-a]cr.io", "invalid character class"),
 ]
 
 

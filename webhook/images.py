@@ -294,11 +294,11 @@ def _parse(reference: str) -> ImageReference:
     if at:
         _check_digest(digest, reference)
 
-    name_length = len(domain) + 1 + len(path)
-    if name_length > MAX_NAME_LENGTH:
+    # distribution/reference (v0.6, the kubelet's) limits the path, not host + path.
+    if len(path) > MAX_NAME_LENGTH:
         raise InvalidImageReference(
             f"repository name must not be more than {MAX_NAME_LENGTH} characters "
-            f"(normalized name {_clip(domain + '/' + path)!r} has {name_length})",
+            f"(path {_clip(path)!r} has {len(path)})",
             reference,
         )
 

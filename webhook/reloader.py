@@ -48,13 +48,14 @@ class ConfigReloader:
         self._digest = digest
         try:
             config = load_config_text(data, str(self.path))
-        except ConfigError as exc:
+        except Exception as exc:
+            # Anything the loader raises refuses this version of the file, a bug included: it is
+            # counted and logged like an invalid file, and the old rules stay.
+            reason = str(exc) if isinstance(exc, ConfigError) else f"{type(exc).__name__}: {exc}"
             metrics.CONFIG_RELOADS.labels("failure").inc()
             metrics.CONFIG_VALID.set(0)
             logs.error(
-                "rules file invalid; keeping the previous rules",
-                reason=str(exc),
-                rules=len(self.state.config.rules),
+                "rules file invalid; keeping the previous rules", reason=reason, rules=len(self.state.config.rules)
             )
             return False
         self.state.config = config

@@ -135,9 +135,11 @@ def parse_pattern(pattern: str) -> Pattern:
             text = text[len(scheme) :]
             break
     hostport, _, path = text.partition("/")
+    # Docker config keys such as https://index.docker.io/v1/: as in the kubelet's keyring, a leading
+    # "v1/" or "v2/" is the registry API's version, while a bare "v2" segment is a namespace.
+    if path.startswith(("v1/", "v2/")):
+        path = path[3:]
     path = path.rstrip("/")
-    if path in ("v1", "v2"):  # docker config keys such as https://index.docker.io/v1/
-        path = ""
     if not hostport:
         raise PatternError(f"registry pattern {pattern!r}: no host")
     host, port = split_host_port(hostport.lower())
@@ -163,7 +165,10 @@ def parse_pattern(pattern: str) -> Pattern:
     if ipv6:  # checked above: no glob, no Docker Hub alias
         return Pattern(host=host, port=port, path=segments, regex=None)
     if any(c in _GLOB_CHARS for c in host):
-        regex = re.compile(r"\.".join(_label_regex(label, pattern) for label in labels))
+        try:
+            regex = re.compile(r"\.".join(_label_regex(label, pattern) for label in labels))
+        except re.error as exc:  # e.g. a reversed range such as [z-a]
+            raise PatternError(f"registry pattern {pattern!r}: invalid character class in host ({exc.msg})") from None
     else:
         stray = next((c for c in host if c in "]!^"), None)
         if stray:
