@@ -176,7 +176,15 @@ def test_mutate_reads_multi_document_yaml_from_stdin():
 
 @pytest.mark.parametrize(
     ("content", "message"),
-    [("{not json", "not valid YAML or JSON"), ("- a\n- b\n", "not a mapping"), (None, "cannot read input")],
+    [
+        ("{not json", "not valid YAML or JSON"),
+        ("- a\n- b\n", "not a mapping"),
+        (None, "cannot read input"),
+        ('{"kind": "AdmissionReview", "request": [1]}', "AdmissionReview has no request.object mapping"),
+        ('{"kind": "AdmissionReview", "request": {"object": "pod"}}', "AdmissionReview has no request.object mapping"),
+        ("kind: List\nitems: 5\n", "a List's items is not a list"),
+        ("kind: Pod\nmetadata: hello\nspec: {containers: [{name: a, image: ubuntu}]}\n", "metadata is not a mapping"),
+    ],
 )
 def test_mutate_bad_input_exits_non_zero(tmp_path, content, message):
     path = tmp_path / "in.yaml"
@@ -185,3 +193,35 @@ def test_mutate_bad_input_exits_non_zero(tmp_path, content, message):
     r = run_cli("mutate", "--config", str(CONFIG), str(path))
     assert r.returncode == 1
     assert message in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+SCOPED = "rules:\n  - {registry: ghcr.io, secrets: [ghcr-team-b], namespaces: ['team-b-*']}\n"
+GHCR_POD = "kind: Pod\nmetadata: {name: p%s}\nspec: {containers: [{name: a, image: ghcr.io/x/y}]}\n"
+
+
+@pytest.mark.parametrize(
+    ("document", "args", "added"),
+    [
+        pytest.param(GHCR_POD % "", (), "-", id="no-namespace-no-scoped-rule"),
+        pytest.param(GHCR_POD % "", ("-n", "team-b-development"), "ghcr-team-b", id="flag"),
+        pytest.param(GHCR_POD % ", namespace: team-b-production", (), "ghcr-team-b", id="metadata"),
+        pytest.param(GHCR_POD % ", namespace: flytesnacks-development", (), "-", id="other-namespace"),
+        pytest.param(
+            '{"kind": "AdmissionReview", "request": {"namespace": "team-b-x", "object": '
+            '{"metadata": {"labels": {"execution-id": "e", "node-id": "n"}}, '
+            '"spec": {"containers": [{"name": "a", "image": "ghcr.io/x/y"}]}}}}',
+            (),
+            "ghcr-team-b",
+            id="review-namespace",
+        ),
+    ],
+)
+def test_mutate_applies_namespace_scoped_rules_in_the_pods_namespace(tmp_path, document, args, added):
+    config = tmp_path / "rules.yaml"
+    config.write_text(SCOPED + "podSelector: {}\n" if "AdmissionReview" not in document else SCOPED)
+    path = tmp_path / "in.yaml"
+    path.write_text(document)
+    r = run_cli("mutate", "--config", str(config), str(path), *args)
+    assert r.returncode == 0, r.stderr
+    assert f"added: {added}" in r.stderr

@@ -144,19 +144,29 @@ def _documents(path: str) -> Iterator[Any]:
             yield doc
 
 
-def _pods(doc: Any, source: str) -> Iterator[tuple[dict[str, Any], str]]:
+def _pods(doc: Any, source: str) -> Iterator[tuple[dict[str, Any], str | None]]:
+    """Each pod of a document, with the namespace it would be admitted in (if the document says)."""
     if not isinstance(doc, dict):
         raise ValueError(f"{source}: a document is not a mapping")
     kind = doc.get("kind")
     if kind == "AdmissionReview":
-        obj = (doc.get("request") or {}).get("object")
+        request = doc.get("request")
+        obj = request.get("object") if isinstance(request, dict) else None
         if not isinstance(obj, dict):
-            raise ValueError(f"{source}: AdmissionReview has no request.object")
-        yield obj, source
+            raise ValueError(f"{source}: AdmissionReview has no request.object mapping")
+        namespace = request.get("namespace")
+        yield obj, namespace if isinstance(namespace, str) else None
     elif kind == "Pod":
-        yield doc, source
+        meta = doc.get("metadata", {})
+        if not isinstance(meta, dict):
+            raise ValueError(f"{source}: a Pod's metadata is not a mapping")
+        namespace = meta.get("namespace")
+        yield doc, namespace if isinstance(namespace, str) else None
     elif kind == "List" or kind == "PodList":
-        for item in doc.get("items") or []:
+        items = doc.get("items") or []
+        if not isinstance(items, list):
+            raise ValueError(f"{source}: a {kind}'s items is not a list")
+        for item in items:
             yield from _pods(item, source)
     else:
         print(f"{source}: skipping a {kind or 'kind-less'} document (only Pods are mutated)", file=sys.stderr)
@@ -171,9 +181,11 @@ def cmd_mutate(args: argparse.Namespace) -> int:
     try:
         for path in args.files:
             for doc in _documents(path):
-                for pod, source in _pods(doc, path):
-                    mutation = mutate_pod(pod, config)
-                    meta = pod.get("metadata") or {}
+                for pod, namespace in _pods(doc, path):
+                    source = path
+                    # Rules limited to namespaces need one: --namespace, else the document's own.
+                    mutation = mutate_pod(pod, config, args.namespace or namespace)
+                    meta = pod.get("metadata") if isinstance(pod.get("metadata"), dict) else {}
                     name = meta.get("name") or meta.get("generateName") or "<unnamed>"
                     note = ",".join(mutation.added) if mutation.outcome is Outcome.PATCHED else "-"
                     print(f"{source}: pod/{name}: {mutation.outcome.value}; added: {note}", file=sys.stderr)
@@ -378,6 +390,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="Pod YAML (multi-document allowed), AdmissionReview JSON, or -",
     )
     mutate.add_argument("-o", "--output", default="yaml", choices=["yaml", "json", "patch"])
+    mutate.add_argument(
+        "-n",
+        "--namespace",
+        help="the namespace the pods are admitted in, for rules limited to namespaces (default: each"
+        " document's metadata.namespace, or the review's request.namespace)",
+    )
     mutate.set_defaults(func=cmd_mutate)
 
     check = sub.add_parser("check-config", help="validate a rules file")
