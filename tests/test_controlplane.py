@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import shutil
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import kubernetes.client
@@ -303,3 +306,41 @@ def test_start_failure_reports_log_and_cleans_up(control_plane, tmp_path):
         cp.start()
     assert cp.dir is None
     assert not any(map(_alive, cp.pids))
+
+
+_KILLED_CHILD = """
+import json, sys, time
+from pathlib import Path
+from tests.controlplane import Binaries, ControlPlane
+cp = ControlPlane(Binaries(kube_apiserver=Path(sys.argv[1]), etcd=Path(sys.argv[2]), helm=None))
+cp.start()
+print(json.dumps({"pids": list(cp.pids), "ports": list(cp.ports), "dir": str(cp.dir)}), flush=True)
+time.sleep(600)
+"""
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(120)
+def test_a_killed_test_process_leaves_no_control_plane_behind(control_plane):
+    """SIGKILL runs no teardown at all: etcd and the apiserver must still die with their parent."""
+    b = control_plane.binaries
+    child = subprocess.Popen(
+        [sys.executable, "-c", _KILLED_CHILD, str(b.kube_apiserver), str(b.etcd)],
+        cwd=Path(__file__).resolve().parent.parent,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert child.stdout is not None
+        started = json.loads(child.stdout.readline())
+    finally:
+        child.kill()
+        child.wait(10)
+    pids, ports = started["pids"], started["ports"]
+    assert len(pids) == 2
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and (any(map(_alive, pids)) or not all(map(port_is_free, ports))):
+        time.sleep(0.2)
+    assert not any(map(_alive, pids)), "orphaned control-plane processes"
+    assert all(map(port_is_free, ports)), "ports still bound after the test process died"
+    shutil.rmtree(started["dir"], ignore_errors=True)  # nothing could remove it: its owner was killed

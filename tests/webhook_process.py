@@ -81,7 +81,12 @@ class WebhookProcess:
         env = {**os.environ, **(self.env or {})}
         self._log = self.log_path.open("ab")
         self.proc = subprocess.Popen(cmd, cwd=REPO, stdout=self._log, stderr=subprocess.STDOUT, env=env)
-        self.wait_ready(timeout)
+        try:
+            self.wait_ready(timeout)
+        except BaseException:
+            # __exit__ never runs when __enter__ raises: a server that came up late would outlive the test.
+            self.stop()
+            raise
         return self
 
     def ssl_context(self) -> ssl.SSLContext:
