@@ -135,12 +135,17 @@ def locate_binaries() -> Binaries:
     return Binaries(kube_apiserver=apiserver, etcd=etcd, helm=helm)
 
 
+def in_ci() -> bool:
+    """CI runs set CI (to true, 1, ...); CI=false or CI=0 is a local run that says so."""
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
 def find_binaries() -> Binaries:
     """Locate the binaries for a test: skip locally when absent, but fail under CI so it cannot pass empty."""
     try:
         return locate_binaries()
     except BinariesNotFoundError as exc:
-        if os.environ.get("CI"):
+        if in_ci():
             pytest.fail(f"{exc}. CI must build them first (make control-plane).", pytrace=False)
         pytest.skip(f"{exc}. Run `make control-plane` (or set KUBEBUILDER_ASSETS) to run end-to-end tests.")
 
@@ -688,7 +693,7 @@ class ControlPlane:
     def helm(self, *args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         """Run the helm binary against this cluster; skips the test when helm is unavailable."""
         if self.binaries.helm is None:
-            if os.environ.get("CI"):
+            if in_ci():
                 pytest.fail("helm binary not found (TEST_ASSET_HELM, control-plane cache, PATH)", pytrace=False)
             pytest.skip("helm binary not found: run `make control-plane` or set TEST_ASSET_HELM")
         return subprocess.run(

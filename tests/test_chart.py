@@ -29,7 +29,7 @@ from kubernetes.client.rest import ApiException
 from kubernetes.dynamic import DynamicClient
 from kubernetes.dynamic.exceptions import NotFoundError
 
-from tests.controlplane import BinariesNotFoundError, ControlPlane, locate_binaries
+from tests.controlplane import BinariesNotFoundError, ControlPlane, in_ci, locate_binaries
 from tests.e2e import wait_for_injection
 from tests.reviews import ECR_IMAGE, FLYTE_LABELS
 from tests.webhook_process import REPO, WebhookProcess, free_port
@@ -69,7 +69,7 @@ def helm_bin() -> Path:
         found = explicit or shutil.which("helm")
         helm = Path(found) if found else None
     if helm is None:
-        if os.environ.get("CI"):
+        if in_ci():
             pytest.fail("helm binary not found: run `make control-plane` or set TEST_ASSET_HELM", pytrace=False)
         pytest.skip("helm binary not found: run `make control-plane` or set TEST_ASSET_HELM")
     return helm

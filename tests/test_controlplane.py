@@ -99,13 +99,17 @@ def test_cache_folder_is_the_fallback(clean_env):
     assert find_binaries() == Binaries(*paths)
 
 
-def test_missing_binaries_skip_locally_with_a_hint(clean_env):
+@pytest.mark.parametrize("ci", [None, "", "false", "0", "FALSE"])
+def test_missing_binaries_skip_locally_with_a_hint(clean_env, ci):
+    if ci is not None:
+        clean_env.setenv("CI", ci)
     with pytest.raises(pytest.skip.Exception, match="make control-plane"):
         find_binaries()
 
 
-def test_missing_binaries_fail_under_ci(clean_env):
-    clean_env.setenv("CI", "true")
+@pytest.mark.parametrize("ci", ["true", "1", "yes", "True"])
+def test_missing_binaries_fail_under_ci(clean_env, ci):
+    clean_env.setenv("CI", ci)
     with pytest.raises(pytest.fail.Exception, match="kube-apiserver"):
         find_binaries()
 
