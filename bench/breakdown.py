@@ -56,8 +56,10 @@ class _NoMetrics:
     ADMISSIONS = INJECTED = UNMATCHED = INVALID_IMAGES = LATENCY = _Stub()
 
     @staticmethod
-    def registry_label(value: str) -> str:
+    def injected_registry_label(value: str) -> str:
         return value
+
+    unmatched_registry_label = injected_registry_label
 
 
 class _NoLogs:

@@ -140,3 +140,21 @@ async def test_unknown_paths_and_methods_answer_in_the_error_shape(client, metho
     r = await client.request(method, path)
     assert r.status_code == status
     assert r.json() == {"error": error, "status": status}
+
+
+async def test_unmatched_registries_cannot_use_up_the_labels_of_injected_ones(client, monkeypatch):
+    monkeypatch.setattr(metrics, "injected_registry_label", metrics.BoundedLabel(limit=2))
+    monkeypatch.setattr(metrics, "unmatched_registry_label", metrics.BoundedLabel(limit=2))
+    ecr_host = ECR_IMAGE.split("/")[0]
+
+    def sample(name, **labels):
+        return metrics.REGISTRY.get_sample_value(f"pullsecrets_webhook_{name}_total", labels) or 0
+
+    before_ecr = sample("injected_secrets", secret="ecr-pull", registry=ecr_host)
+    before_other = sample("unmatched_images", registry=metrics.OTHER)
+    for i in range(5):  # five distinct registries no rule covers
+        await client.post("/mutate", content=orjson.dumps(review_for(flyte_pod(f"reg{i}.example.net/app"))))
+    await client.post("/mutate", content=orjson.dumps(review_for(flyte_pod(ECR_IMAGE))))
+    assert sample("unmatched_images", registry=metrics.OTHER) == before_other + 3, "the budget bounds the labels"
+    assert sample("unmatched_images", registry="reg4.example.net") == 0
+    assert sample("injected_secrets", secret="ecr-pull", registry=ecr_host) == before_ecr + 1

@@ -212,12 +212,14 @@ def test_pod_without_metadata_is_not_flyte():
     ("p", "warns"),
     [
         (pod(["quay.io/a/b"]), True),  # no rule, no secret at all: warn
-        (pod(["quay.io/a/b", ECR]), False),  # the pod gets a secret; it may cover quay
-        (pod(["quay.io/a/b"], secrets=[{"name": "user-set"}]), False),  # user set one
+        (pod(["quay.io/a/b", ECR]), True),  # the secret added is ECR's: nothing covers quay
+        (pod(["quay.io/a/b", ECR], secrets=[{"name": "ecr-pull"}]), True),  # reinvocation: still ours only
+        (pod(["quay.io/a/b"], secrets=[{"name": "user-set"}]), False),  # the user's own may cover quay
+        (pod(["quay.io/a/b", ECR], secrets=[{"name": "user-set"}]), False),
         (pod([ECR]), False),
     ],
 )
-def test_unmatched_registry_warning_only_when_the_pod_ends_with_no_secret(p, warns):
+def test_unmatched_registry_warning_when_no_secret_could_be_for_it(p, warns):
     mutation = mutate_pod(p, CONFIG)
     assert any("no rule for registry quay.io" in w for w in mutation.warnings) is warns
     assert all(len(w) <= 250 for w in mutation.warnings)

@@ -219,11 +219,11 @@ def create_app(state: AppState) -> FastAPI:
         mutation = decision.mutation
         if mutation is not None:
             for secret, registry in mutation.added_for_registry.items():
-                _labelled(metrics.INJECTED, secret, metrics.registry_label(registry)).inc()
+                _labelled(metrics.INJECTED, secret, metrics.injected_registry_label(registry)).inc()
             fields["added"] = list(mutation.added_for_registry)
             if mutation.unmatched_registries:
                 for registry in mutation.unmatched_registries:
-                    _labelled(metrics.UNMATCHED, metrics.registry_label(registry)).inc()
+                    _labelled(metrics.UNMATCHED, metrics.unmatched_registry_label(registry)).inc()
                 fields["unmatched"] = list(mutation.unmatched_registries)
             if mutation.missing_secrets:
                 for secret in mutation.missing_secrets:

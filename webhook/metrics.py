@@ -96,7 +96,10 @@ class BoundedLabel:
         return OTHER
 
 
-registry_label = BoundedLabel()
+# One budget per metric: a flood of pods from random unmatched registries must not use up the
+# labels of the registries that do get secrets.
+injected_registry_label = BoundedLabel()
+unmatched_registry_label = BoundedLabel()
 
 
 def render() -> tuple[bytes, str]:

@@ -177,7 +177,9 @@ def mutate_pod(
         if config.annotate:
             patch.extend(_annotation_ops(pod, to_add))
 
-    if config.warn_unmatched and not present and not to_add:
+    # The secrets our rules give are for the registries that matched; only one the pod brought
+    # itself might hold credentials for an unmatched registry (we never read Secret data to know).
+    if config.warn_unmatched and unmatched and not (present - wanted.keys()):
         for registry, image in unmatched.items():
             warnings.append(_warning(f"no rule for registry {registry} (image {image}); pulled without credentials"))
 
