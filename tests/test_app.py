@@ -76,6 +76,9 @@ async def test_internal_error_admits_the_pod_untouched_with_a_warning(client, mo
         raise RuntimeError("bug")
 
     monkeypatch.setattr(app_module, "review", boom)
+    lines: list[dict] = []
+    monkeypatch.setattr(app_module.logs, "admission", lines.append)
+    samples = metrics.REGISTRY.get_sample_value("pullsecrets_webhook_admission_duration_seconds_count") or 0
     r = await client.post("/mutate", content=orjson.dumps(review_for(flyte_pod(ECR_IMAGE), uid="u1")))
     assert r.status_code == 200
     resp = r.json()["response"]
@@ -84,6 +87,11 @@ async def test_internal_error_admits_the_pod_untouched_with_a_warning(client, mo
         "allowed": True,
         "warnings": ["pullsecrets-webhook: internal error (RuntimeError)"],
     }
+    # The fault still has its admission line and latency sample, like every other review.
+    (line,) = lines
+    assert (line["uid"], line["result"], line["error"]) == ("u1", "error", "RuntimeError")
+    assert line["duration_ms"] >= 0
+    assert metrics.REGISTRY.get_sample_value("pullsecrets_webhook_admission_duration_seconds_count") == samples + 1
 
 
 async def test_health_and_readiness(client, state):

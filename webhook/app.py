@@ -178,9 +178,10 @@ def create_app(state: AppState) -> FastAPI:
         headers = None if state.ready else _CLOSE
         return Response(orjson.dumps(body), status_code=status, media_type=_JSON, headers=headers)
 
-    def reject(exc: ReviewError, **fields: Any) -> Response:
+    def reject(exc: ReviewError, started: float, **fields: Any) -> Response:
         _labelled(metrics.ADMISSIONS, "invalid").inc()
-        logs.warning("rejected request", status=exc.status, reason=exc.message, **fields)
+        duration_ms = round((time.perf_counter() - started) * 1000, 3)
+        logs.warning("rejected request", status=exc.status, reason=exc.message, duration_ms=duration_ms, **fields)
         return reply({"error": exc.message, "status": exc.status}, exc.status)
 
     @app.post("/mutate")
@@ -189,23 +190,39 @@ def create_app(state: AppState) -> FastAPI:
         scope = request.scope
         ctype, declared = _content_headers(scope["headers"])
         if ctype not in (_JSON, "", "*/*"):
-            return reject(ReviewError(f"unsupported content type {ctype!r}: send {_JSON}", 415))
+            return reject(ReviewError(f"unsupported content type {ctype!r}: send {_JSON}", 415), started)
         try:
             deadline = _deadline_for(scope["query_string"], state.body_timeout)
             body = await read_body(request.receive, state.max_body_bytes, declared, deadline)
             review_obj = parse_review(body)
         except ReviewError as exc:
-            return reject(exc)
+            return reject(exc, started)
 
         uid = review_obj["request"]["uid"]
         try:
             decision = review(review_obj, state.config, state.cluster)
         except ReviewError as exc:
-            return reject(exc, uid=uid)
+            return reject(exc, started, uid=uid)
         except Exception as exc:  # a bug must not cost the user a pod: admit untouched
             _labelled(metrics.ADMISSIONS, "error").inc()
             logs.error("admission failed; pod admitted without injection", exc_info=True, uid=uid)
-            return reply(make_response(uid, warnings=[f"pullsecrets-webhook: internal error ({type(exc).__name__})"]))
+            response = reply(
+                make_response(uid, warnings=[f"pullsecrets-webhook: internal error ({type(exc).__name__})"])
+            )
+            req = review_obj["request"]
+            # Still one admission line (and a latency sample), so the fault shows where operators look.
+            _record(
+                {
+                    "uid": uid,
+                    "namespace": req.get("namespace"),
+                    "operation": req.get("operation"),
+                    "dry_run": bool(req.get("dryRun")),
+                    "result": "error",
+                    "error": type(exc).__name__,
+                },
+                started,
+            )
+            return response
 
         _labelled(metrics.ADMISSIONS, decision.outcome).inc()
         fields: dict[str, Any] = {
