@@ -42,7 +42,7 @@ from tests.test_chart import (  # noqa: F401 - fixtures used by name
 )
 from webhook.cache import ClusterCache
 from webhook.cli import build_parser
-from webhook.cluster import add_cluster_arguments, build_cluster_features
+from webhook.cluster import ClusterFeatureError, add_cluster_arguments, build_cluster_features
 from webhook.config import load_config_text
 from webhook.sync import SecretSync, load_sync_config
 
@@ -209,6 +209,7 @@ def test_args_and_files_build_the_features(render_chart: Render, tmp_path: Path)
         "missingSecrets": "skip",
         "cluster": {
             "watchSecrets": True,
+            "watchSecretsNamespaces": ["team-*", "flytesnacks-development"],
             "watchNamespaces": True,
             "sync": {
                 "enabled": True,
@@ -252,12 +253,30 @@ def test_args_and_files_build_the_features(render_chart: Render, tmp_path: Path)
     assert isinstance(cache, ClusterCache)
     assert cache.secrets is not None
     assert cache.namespaces is not None
+    assert args.secret_namespaces == ["team-*", "flytesnacks-development"]
+    keeps = cache.secret_namespaces
+    assert keeps is not None
+    assert [keeps(n) for n in ("team-b", "flytesnacks-development", "flytesnacks-staging", "kube-system")] == [
+        True,
+        True,
+        False,
+        False,
+    ]
     assert isinstance(sync, SecretSync)
     assert sync.source_namespace == NAMESPACE
     assert (sync.elector.name, sync.elector.namespace, sync.elector.identity) == ("my-lease", NAMESPACE, "pod-x")
     assert (sync.elector.lease_duration, sync.elector.renew_deadline, sync.elector.retry_period) == (30, 20, 4)
     # Nothing asked: nothing built, and no client needed.
     assert build_cluster_features(serve_parser().parse_args(["serve", "--config", "x"])) == (None, None)
+    # A namespace limit without the cache it limits is a mistake, said as one.
+    with pytest.raises(ClusterFeatureError, match="needs --watch-secrets"):
+        build_cluster_features(serve_parser().parse_args(["serve", "--config", "x", "--secret-namespaces", "a-*"]))
+    # Every namespace by default.
+    everywhere, _ = build_cluster_features(
+        serve_parser().parse_args(["serve", "--config", "x", "--watch-secrets"]), api_client=object()
+    )
+    assert everywhere is not None
+    assert everywhere.secret_namespaces is None
 
 
 def test_lint_with_every_feature(run_helm: Helm) -> None:

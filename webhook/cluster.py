@@ -40,6 +40,13 @@ def add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
         help="cache Secret names and types cluster-wide (list/watch, metadata and type only, never data)",
     )
     group.add_argument(
+        "--secret-namespaces",
+        action="append",
+        metavar="GLOB",
+        help="with --watch-secrets, keep only these namespaces' Secrets (name or glob, repeatable; default: all)."
+        " The namespaces Flyte runs in, e.g. '*-development', bound the cache's memory on a large cluster",
+    )
+    group.add_argument(
         "--watch-namespaces",
         action="store_true",
         help="cache namespace labels (for rules limited to namespaces by label selector)",
@@ -88,8 +95,13 @@ def build_cluster_features(
     watch_secrets = bool(getattr(args, "watch_secrets", False))
     watch_namespaces = bool(getattr(args, "watch_namespaces", False))
     sync_path = getattr(args, "sync_config", None)
+    globs = tuple(getattr(args, "secret_namespaces", None) or ())
+    if globs and not watch_secrets:
+        raise ClusterFeatureError("--secret-namespaces limits the Secret cache: it needs --watch-secrets")
     if not (watch_secrets or watch_namespaces or sync_path):
         return None, None
+    if secret_namespaces is None and globs:
+        secret_namespaces = namespace_filter(globs)
     api = api_client if api_client is not None else _api_client(args)
     cache = None
     if watch_secrets or watch_namespaces:
@@ -128,4 +140,13 @@ def build_cluster_features(
     return cache, sync
 
 
-__all__ = ["ClusterFeatureError", "add_cluster_arguments", "build_cluster_features"]
+def namespace_filter(globs: Iterable[str]) -> Callable[[str], bool]:
+    """Namespace names matching any of ``globs`` (``fnmatch``, case-sensitive as names are lower case)."""
+    import fnmatch
+    import re
+
+    pattern = re.compile("|".join(fnmatch.translate(g) for g in globs))
+    return lambda namespace: pattern.match(namespace) is not None
+
+
+__all__ = ["ClusterFeatureError", "add_cluster_arguments", "build_cluster_features", "namespace_filter"]
