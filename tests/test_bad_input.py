@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import re
 import ssl
 import time
@@ -30,7 +29,7 @@ CONFIG = REPO / "examples" / "rules.yaml"
 BODY_TIMEOUT = 2  # --body-timeout and --header-timeout of the server under test, in seconds
 MAX_BODY = 4 * 1024 * 1024  # the default --max-body-bytes
 CLOSED = None  # expected "status" of a case the server answers by closing the connection
-HELD = -1  # expected "status" of a case the server neither answers nor closes within the case's time
+HELD = -1  # "status" of an exchange the server neither answered nor closed in time: always a failure
 CLOSE = object()  # in a case's parts: close the connection from the client side
 TRIED: Counter[str] = Counter()
 
@@ -251,7 +250,7 @@ PATCHED = '"patchType":"JSONPatch"'
 class Case:
     id: str
     parts: Callable[[], Iterable[Any]]  # what the client sends (bytes, pauses in seconds, CLOSE)
-    status: int | None  # expected HTTP status; CLOSED: the server closes the connection; HELD: see above
+    status: int | None  # expected HTTP status; CLOSED: the server closes the connection
     text: str | tuple[str, ...] = ""  # expected in the answer's body (one of them, for a tuple)
     tls: bool = True
     within: float = 5.0  # seconds the answer may take
@@ -601,11 +600,16 @@ CASES = [
     Case("garbage-bytes", send(bytes(range(256)) * 16), CLOSED, tls=False),
     Case("zero-bytes", send(b"\x00" * 4096), CLOSED, tls=False),
     Case("truncated-client-hello", lambda: [client_hello()[:60], 1, CLOSE], CLOSED, tls=False),
-    # A stalled TLS handshake is bounded by uvloop's 60 s handshake timeout, not by --header-timeout
-    # (the HTTP protocol starts after the handshake); the server keeps serving meanwhile. See
-    # test_stalled_tls_handshakes_are_dropped (FPW_SOAK=1) and docs/security.md.
-    Case("client-hello-then-silence", lambda: [client_hello(), 30], HELD, tls=False, within=3),
-    Case("sslv2-style-hello", lambda: [b"\x80\x2e\x01\x00\x02\x00\x15" + b"\x00" * 40, 30], HELD, tls=False, within=3),
+    # A TLS handshake that stalls is cut off after --header-timeout too (the listener's handshake
+    # bound), not after asyncio's default of 60 s.
+    Case("client-hello-then-silence", lambda: [client_hello(), 30], CLOSED, tls=False, within=BODY_TIMEOUT + 3),
+    Case(
+        "sslv2-style-hello",
+        lambda: [b"\x80\x2e\x01\x00\x02\x00\x15" + b"\x00" * 40, 30],
+        CLOSED,
+        tls=False,
+        within=BODY_TIMEOUT + 3,
+    ),
     Case("tls-record-overflow", send(b"\x16\x03\x01\xff\xff" + b"\x01" * 65535), CLOSED, tls=False),
     Case("connect-and-close", lambda: [CLOSE], CLOSED, tls=False),
 ]
@@ -667,12 +671,10 @@ def test_bad_input(webhook, case):
     TRIED["case"] += 1
     before = rss_kib(webhook)
     reset_peak_rss(webhook)
-    timeout = case.within if case.status == HELD else case.within + 10
-    answer = exchange(webhook, case.parts(), tls=case.tls, timeout=timeout, responses=case.responses)
+    answer = exchange(webhook, case.parts(), tls=case.tls, timeout=case.within + 10, responses=case.responses)
     assert free_of_500(answer.status), answer
     assert answer.status == case.status, (answer.status, answer.body[:500])
-    if case.status != HELD:
-        assert answer.elapsed < case.within, f"took {answer.elapsed:.1f}s"
+    assert answer.elapsed < case.within, f"took {answer.elapsed:.1f}s"
     if case.text:
         texts = (case.text,) if isinstance(case.text, str) else case.text
         assert any(t in answer.body.decode("utf-8", "replace") for t in texts), answer.body[:500]
@@ -718,7 +720,7 @@ def test_abusive_connections_in_parallel_do_not_starve_good_requests(webhook):
         ]
         tasks = [asyncio.create_task(_exchange(webhook.port, ctx, parts, 20, 1)) for parts in abusers]
         stalled = [[client_hello(), 30] for _ in range(10)]  # TLS handshakes that never finish
-        tasks += [asyncio.create_task(_exchange(webhook.port, None, parts, 5, 1)) for parts in stalled]
+        tasks += [asyncio.create_task(_exchange(webhook.port, None, parts, 20, 1)) for parts in stalled]
         await asyncio.sleep(0.3)
         latencies = []
         for _ in range(20):
@@ -732,19 +734,9 @@ def test_abusive_connections_in_parallel_do_not_starve_good_requests(webhook):
     TRIED["good"] += 20
     answers, latencies = asyncio.run(scenario())
     statuses = Counter(a.status for a in answers)
-    assert statuses == {None: 20, 408: 20, 413: 4, HELD: 10}, statuses
-    assert all(a.elapsed < BODY_TIMEOUT + 4 for a in answers if a.status != HELD), max(a.elapsed for a in answers)
+    assert statuses == {None: 30, 408: 20, 413: 4}, statuses
+    assert all(a.elapsed < BODY_TIMEOUT + 4 for a in answers), max(a.elapsed for a in answers)
     assert max(latencies) < 2, latencies
     median, worst = sorted(latencies)[10] * 1000, max(latencies) * 1000
     print(f"\ngood-review latency under abuse: median {median:.0f} ms, max {worst:.0f} ms")
-    assert_serves(webhook)
-
-
-@pytest.mark.slow
-@pytest.mark.skipif(not os.environ.get("FPW_SOAK"), reason="takes a minute: set FPW_SOAK=1")
-def test_stalled_tls_handshakes_are_dropped(webhook):
-    """The residual of the HELD cases: uvloop's TLS handshake timeout (60 s) ends them."""
-    answer = exchange(webhook, [client_hello(), 120], tls=False, timeout=90)
-    assert answer.status is CLOSED
-    assert 55 < answer.elapsed < 70, answer.elapsed
     assert_serves(webhook)

@@ -343,7 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--header-timeout",
         type=float,
         default=10.0,
-        help="close connections whose request headers take longer",
+        help="close connections whose TLS handshake or request headers take longer",
     )
     serve.add_argument(
         "--body-timeout",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 import ssl
 from collections.abc import Iterator
@@ -55,12 +56,35 @@ class CertManager(Protocol):
 class WebhookServer(uvicorn.Server):
     """uvicorn's server with a readiness-first, delayed stop."""
 
-    def __init__(self, config: uvicorn.Config, state: AppState, shutdown_delay: float) -> None:
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        state: AppState,
+        shutdown_delay: float,
+        handshake_timeout: float = DEFAULT_HEADER_TIMEOUT,
+    ) -> None:
         super().__init__(config)
         self.state = state
         self.shutdown_delay = shutdown_delay
+        self.handshake_timeout = handshake_timeout
         self._draining = False
         self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def startup(self, sockets: list | None = None) -> None:  # type: ignore[override]
+        # uvicorn gives create_server no ssl_handshake_timeout, so a client that stalls mid-handshake
+        # would keep its socket for asyncio's default 60 s: longer than any HTTP-level bound we set.
+        # The listener is made here once; the bound applies to every handshake it ever accepts.
+        loop = asyncio.get_running_loop()
+        if self.config.ssl is None:
+            await super().startup(sockets)
+            return
+        loop.create_server = functools.partial(  # type: ignore[method-assign]
+            loop.create_server, ssl_handshake_timeout=self.handshake_timeout
+        )
+        try:
+            await super().startup(sockets)
+        finally:
+            del loop.create_server  # the loop's own method again
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
@@ -104,7 +128,7 @@ def build_server(options: ServeOptions, state: AppState, tls: ReloadingTLS) -> W
         timeout_graceful_shutdown=options.graceful_timeout,  # type: ignore[arg-type]
         limit_concurrency=options.limit_concurrency,
     )
-    return WebhookServer(config, state, options.shutdown_delay)
+    return WebhookServer(config, state, options.shutdown_delay, handshake_timeout=options.header_timeout)
 
 
 async def serve(options: ServeOptions, state: AppState, tls: ReloadingTLS) -> None:
