@@ -263,6 +263,7 @@ def test_args_and_files_build_the_features(render_chart: Render, tmp_path: Path)
         False,
     ]
     assert isinstance(sync, SecretSync)
+    assert sync.namespaces is cache.namespaces, "two namespace watches where one serves"
     assert sync.source_namespace == NAMESPACE
     assert (sync.elector.name, sync.elector.namespace, sync.elector.identity) == ("my-lease", NAMESPACE, "pod-x")
     assert (sync.elector.lease_duration, sync.elector.renew_deadline, sync.elector.retry_period) == (30, 20, 4)

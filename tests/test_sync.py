@@ -24,6 +24,7 @@ from tests.controlplane import ControlPlane
 from tests.e2e import wait_until
 from webhook import FIELD_MANAGER
 from webhook import sync as sync_module
+from webhook.cache import ClusterCache, Reflector
 from webhook.sync import (
     SOURCE_ANNOTATION,
     SOURCE_HASH_ANNOTATION,
@@ -93,7 +94,11 @@ class Env:
             self.core.replace_namespaced_secret(name, self.source, body)
 
     def start(
-        self, identity: str = "pod-a", extra_names: Callable[[], list[str]] | None = None, **timings: float
+        self,
+        identity: str = "pod-a",
+        extra_names: Callable[[], list[str]] | None = None,
+        namespaces: Reflector | None = None,
+        **timings: float,
     ) -> SecretSync:
         sync = SecretSync(
             self.cp.api_client(),
@@ -102,6 +107,7 @@ class Env:
             lease_name=f"sync-{self.tag}",
             config_path=self.config_path,
             extra_names=extra_names,
+            namespaces=namespaces,
             **{**FAST, **timings},
         )
         sync.start()
@@ -331,6 +337,30 @@ def test_a_replica_that_loses_the_lease_stops_writing(env: Env, core_v1: kuberne
     time.sleep(1.5)
     assert env.copy_matches(ns, "pull", "v1"), "a replica without the lease wrote"
     assert sum(sync.stats.values()) == writes
+
+
+def test_one_namespace_watch_serves_the_secret_cache_and_the_sync(env: Env) -> None:
+    # With --watch-namespaces and the sync both on, the cache's namespace watch is the sync's too:
+    # a namespace created later reaches the sync through it, and the sync, which did not start
+    # that watch, does not stop it.
+    env.source_secret("pull", "v1")
+    env.write_config(secrets=["pull"], resyncSeconds=600)
+    cache = ClusterCache(env.cp.api_client(), secrets=False, namespaces=True)
+    cache.start()
+    try:
+        sync = env.start(namespaces=cache.namespaces)
+        assert sync.namespaces is cache.namespaces
+        wait_for(lambda: sync.is_leader() and sync.synced(), 10, "the sync leading and synced")
+        ns = env.target(labels={"team": "a"})
+        wait_for(lambda: env.copy_matches(ns, "pull", "v1"), BOUND, "the copy for a namespace created later")
+        assert (cache.namespace_labels(ns) or {}).get("team") == "a"
+        # Stopping the sync leaves the watch it borrowed running for the cache.
+        sync.stop()
+        later = env.target(labels={"team": "b"})
+        wait_for(lambda: (cache.namespace_labels(later) or {}).get("team") == "b", BOUND, "the cache still watching")
+    finally:
+        cache.stop()
+        cache.api_client.close()
 
 
 def test_a_source_that_never_lists_holds_up_no_other_and_keeps_its_copies(

@@ -46,6 +46,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Hashable, Iterator, Mapping
+from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
@@ -239,7 +240,8 @@ class Reflector:
     it must keep only what is needed, since the value is what stays in memory. Reads
     (:meth:`get`, :meth:`snapshot`) are lock-free dict operations on a dict that is either
     replaced whole (after a list) or changed one key at a time under a lock (watch events).
-    ``on_change`` is called from the reflector's thread after every change that was applied.
+    ``on_change`` (and every function given to :meth:`add_listener`) is called from the
+    reflector's thread after every change that was applied.
     """
 
     def __init__(
@@ -264,7 +266,7 @@ class Reflector:
         self.fallback = fallback
         self.label_selector = label_selector
         self.field_selector = field_selector
-        self.on_change = on_change
+        self._listeners: list[Callable[[], None]] = [on_change] if on_change is not None else []
         self.watch_timeout = watch_timeout
         self._items: dict[Key, Any] = {}
         self._write_lock = threading.Lock()
@@ -450,11 +452,15 @@ class Reflector:
             CACHE_OBJECTS.labels(self.kind).set(len(self._items))
             self._notify()
 
+    def add_listener(self, listener: Callable[[], None]) -> None:
+        """Also call ``listener`` after every applied change (a second reader of the same watch)."""
+        self._listeners.append(listener)
+
     def _notify(self) -> None:
-        if self.on_change is not None:
+        for listener in self._listeners:
             try:
-                self.on_change()
-            except Exception:
+                listener()
+            except Exception:  # one reader's fault must not starve the others or stop the watch
                 logs.error("change handler failed", exc_info=True, kind=self.kind)
 
 
@@ -486,12 +492,23 @@ def _secret_entry(obj: Mapping[str, Any]) -> tuple[Key, Any] | None:
     return (namespace, name), str(kind) if kind else TYPE_UNKNOWN
 
 
-def _namespace_entry(obj: Mapping[str, Any]) -> tuple[Key, Any] | None:
+@dataclass(frozen=True, slots=True)
+class NamespaceInfo:
+    """What is kept of a Namespace: its labels (read-only) and whether it is being deleted.
+
+    One shape for every reader, so the admission path and the secret sync can share one watch.
+    """
+
+    labels: Mapping[str, str]
+    terminating: bool
+
+
+def namespace_entry(obj: Mapping[str, Any]) -> tuple[Key, NamespaceInfo] | None:
     meta = obj.get("metadata") or {}
     name = meta.get("name")
     if not name:
         return None
-    return name, MappingProxyType(dict(meta.get("labels") or {}))
+    return name, NamespaceInfo(MappingProxyType(dict(meta.get("labels") or {})), bool(meta.get("deletionTimestamp")))
 
 
 class ClusterCache:
@@ -534,7 +551,7 @@ class ClusterCache:
                 api_client,
                 path="/api/v1/namespaces",
                 kind="namespaces",
-                transform=_namespace_entry,
+                transform=namespace_entry,
                 codec=MetadataCodec(),
                 on_change=lambda: self._changed("namespaces"),
                 watch_timeout=watch_timeout,
@@ -587,7 +604,8 @@ class ClusterCache:
         """The namespace's labels (read-only), or None when the namespace is unknown."""
         if self.namespaces is None:
             return None
-        return self.namespaces.get(namespace)
+        info: NamespaceInfo | None = self.namespaces.get(namespace)
+        return None if info is None else info.labels
 
 
 __all__ = [

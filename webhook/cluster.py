@@ -134,6 +134,7 @@ def build_cluster_features(
                 retry_period=args.lease_retry_period,
                 config_path=sync_path,
                 extra_names=rules_secret_names,
+                namespaces=cache.namespaces if cache is not None else None,
             )
         except ValueError as exc:  # inconsistent lease timings
             raise ClusterFeatureError(f"lease timings: {exc}") from None

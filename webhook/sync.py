@@ -53,7 +53,7 @@ import yaml
 from prometheus_client import Counter, Gauge
 
 from webhook import FIELD_MANAGER, logs
-from webhook.cache import Codec, MetadataCodec, Reflector
+from webhook.cache import Codec, MetadataCodec, Reflector, namespace_entry
 from webhook.leader import LeaderElector
 from webhook.metrics import REGISTRY
 from webhook.rules import validate_secret_name
@@ -213,12 +213,6 @@ class Copy:
     digest: str | None
 
 
-@dataclass(frozen=True)
-class NamespaceInfo:
-    labels: Mapping[str, str]
-    terminating: bool
-
-
 def _precondition(resource_version: str | None) -> Any:
     from kubernetes import client
 
@@ -246,13 +240,6 @@ def _copy_entry(obj: Mapping[str, Any]) -> tuple[tuple[str, str], Copy] | None:
     ann = meta.get("annotations") or {}
     copy = Copy(meta.get("resourceVersion") or "", ann.get(SOURCE_ANNOTATION), ann.get(SOURCE_HASH_ANNOTATION))
     return (meta["namespace"], meta["name"]), copy
-
-
-def _namespace_entry(obj: Mapping[str, Any]) -> tuple[str, NamespaceInfo] | None:
-    meta = obj.get("metadata") or {}
-    if not meta.get("name"):
-        return None
-    return meta["name"], NamespaceInfo(dict(meta.get("labels") or {}), bool(meta.get("deletionTimestamp")))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -288,6 +275,7 @@ class SecretSync:
         config_path: Path | str | None = None,
         extra_names: Callable[[], Iterable[str]] | None = None,
         watch_timeout: tuple[int, int] = (240, 360),
+        namespaces: Reflector | None = None,
     ) -> None:
         if not config.source_namespace:
             raise SyncConfigError("the sync needs a source namespace (sourceNamespace, or $POD_NAMESPACE)")
@@ -309,15 +297,20 @@ class SecretSync:
             retry_period=retry_period,
             on_started_leading=self._on_started_leading,
         )
-        self.namespaces = Reflector(
-            api_client,
-            path="/api/v1/namespaces",
-            kind="sync-namespaces",
-            transform=_namespace_entry,
-            codec=MetadataCodec(),
-            on_change=self.kick,
-            watch_timeout=watch_timeout,
-        )
+        # The namespace watch of the Secret cache, when it keeps one, serves here too: one watch
+        # per process, not two. Whoever made it starts and stops it.
+        self._owns_namespaces = namespaces is None
+        if namespaces is None:
+            namespaces = Reflector(
+                api_client,
+                path="/api/v1/namespaces",
+                kind="sync-namespaces",
+                transform=namespace_entry,
+                codec=MetadataCodec(),
+                watch_timeout=watch_timeout,
+            )
+        namespaces.add_listener(self.kick)
+        self.namespaces = namespaces
         self.copies = Reflector(
             api_client,
             path="/api/v1/secrets",
@@ -342,7 +335,8 @@ class SecretSync:
     def start(self) -> None:
         if self._thread is not None:
             return
-        self.namespaces.start()
+        if self._owns_namespaces:
+            self.namespaces.start()
         self.copies.start()
         self._ensure_sources(self._wanted_names() or set())
         self.elector.start()
@@ -356,7 +350,8 @@ class SecretSync:
         self.elector.stop(release=release)
         if self._thread is not None:
             self._thread.join(10)
-        for reflector in (self.namespaces, self.copies, *self.sources.values()):
+        owned = (self.namespaces,) if self._owns_namespaces else ()
+        for reflector in (*owned, self.copies, *self.sources.values()):
             reflector.stop()
 
     def is_leader(self) -> bool:
