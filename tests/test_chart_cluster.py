@@ -272,6 +272,12 @@ def test_args_and_files_build_the_features(render_chart: Render, tmp_path: Path)
     # A namespace limit without the cache it limits is a mistake, said as one.
     with pytest.raises(ClusterFeatureError, match="needs --watch-secrets"):
         build_cluster_features(serve_parser().parse_args(["serve", "--config", "x", "--secret-namespaces", "a-*"]))
+    # A name no namespace could have is refused as the rules' namespace patterns are.
+    with pytest.raises(ClusterFeatureError, match="--secret-namespaces: namespace pattern 'Team_B' is not"):
+        build_cluster_features(
+            serve_parser().parse_args(["serve", "--config", "x", "--watch-secrets", "--secret-namespaces", "Team_B"]),
+            api_client=object(),
+        )
     # Every namespace by default.
     everywhere, _ = build_cluster_features(
         serve_parser().parse_args(["serve", "--config", "x", "--watch-secrets"]), api_client=object()

@@ -14,12 +14,14 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import socket
 from collections.abc import Callable, Iterable
 from typing import Any
 
 from webhook.cache import ClusterCache
+from webhook.rules import NamespaceScope
 from webhook.sync import SecretSync, SyncConfigError, load_sync_config
 
 
@@ -101,7 +103,11 @@ def build_cluster_features(
     if not (watch_secrets or watch_namespaces or sync_path):
         return None, None
     if secret_namespaces is None and globs:
-        secret_namespaces = namespace_filter(globs)
+        try:
+            scope = NamespaceScope.parse(globs, None)  # the names and globs rules take, checked alike
+        except ValueError as exc:
+            raise ClusterFeatureError(f"--secret-namespaces: {exc}") from None
+        secret_namespaces = functools.partial(scope.matches, labels=None)
     api = api_client if api_client is not None else _api_client(args)
     cache = None
     if watch_secrets or watch_namespaces:
@@ -141,13 +147,4 @@ def build_cluster_features(
     return cache, sync
 
 
-def namespace_filter(globs: Iterable[str]) -> Callable[[str], bool]:
-    """Namespace names matching any of ``globs`` (``fnmatch``, case-sensitive as names are lower case)."""
-    import fnmatch
-    import re
-
-    pattern = re.compile("|".join(fnmatch.translate(g) for g in globs))
-    return lambda namespace: pattern.match(namespace) is not None
-
-
-__all__ = ["ClusterFeatureError", "add_cluster_arguments", "build_cluster_features", "namespace_filter"]
+__all__ = ["ClusterFeatureError", "add_cluster_arguments", "build_cluster_features"]
