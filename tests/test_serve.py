@@ -208,6 +208,12 @@ GHCR_POD = "kind: Pod\nmetadata: {name: p%s}\nspec: {containers: [{name: a, imag
         pytest.param(GHCR_POD % ", namespace: team-b-production", (), "ghcr-team-b", id="metadata"),
         pytest.param(GHCR_POD % ", namespace: flytesnacks-development", (), "-", id="other-namespace"),
         pytest.param(
+            "kind: Pod\nmetadata:\nspec: {containers: [{name: a, image: ghcr.io/x/y}]}\n",
+            ("-n", "team-b-x"),
+            "ghcr-team-b",
+            id="null-metadata",
+        ),
+        pytest.param(
             '{"kind": "AdmissionReview", "request": {"namespace": "team-b-x", "object": '
             '{"metadata": {"labels": {"execution-id": "e", "node-id": "n"}}, '
             '"spec": {"containers": [{"name": "a", "image": "ghcr.io/x/y"}]}}}}',

@@ -157,7 +157,7 @@ def _pods(doc: Any, source: str) -> Iterator[tuple[dict[str, Any], str | None]]:
         namespace = request.get("namespace")
         yield obj, namespace if isinstance(namespace, str) else None
     elif kind == "Pod":
-        meta = doc.get("metadata", {})
+        meta = doc.get("metadata") or {}
         if not isinstance(meta, dict):
             raise ValueError(f"{source}: a Pod's metadata is not a mapping")
         namespace = meta.get("namespace")
@@ -182,15 +182,14 @@ def cmd_mutate(args: argparse.Namespace) -> int:
         for path in args.files:
             for doc in _documents(path):
                 for pod, namespace in _pods(doc, path):
-                    source = path
                     # Rules limited to namespaces need one: --namespace, else the document's own.
                     mutation = mutate_pod(pod, config, args.namespace or namespace)
                     meta = pod.get("metadata") if isinstance(pod.get("metadata"), dict) else {}
                     name = meta.get("name") or meta.get("generateName") or "<unnamed>"
                     note = ",".join(mutation.added) if mutation.outcome is Outcome.PATCHED else "-"
-                    print(f"{source}: pod/{name}: {mutation.outcome.value}; added: {note}", file=sys.stderr)
+                    print(f"{path}: pod/{name}: {mutation.outcome.value}; added: {note}", file=sys.stderr)
                     for warning in mutation.warnings:
-                        print(f"{source}: pod/{name}: warning: {warning}", file=sys.stderr)
+                        print(f"{path}: pod/{name}: warning: {warning}", file=sys.stderr)
                     if args.output == "patch":
                         results.append(mutation.patch)
                     else:
@@ -248,8 +247,9 @@ def cmd_init_certs(args: argparse.Namespace) -> int:
 
     logs.setup_logging(args.log_level, args.log_format)
     opts = _cert_options(args)
-    if opts.problems():
-        return _fail("; ".join(opts.problems()))
+    problems = opts.problems()
+    if problems:
+        return _fail("; ".join(problems))
     try:
         api = api_client(args.kubeconfig)
         result = ensure_certificates(api, opts, Path(args.cert_dir) if args.cert_dir else None)
