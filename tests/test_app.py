@@ -79,7 +79,7 @@ async def test_internal_error_admits_the_pod_untouched_with_a_warning(client, mo
     lines: list[dict] = []
     monkeypatch.setattr(app_module.logs, "admission", lines.append)
     samples = metrics.REGISTRY.get_sample_value("pullsecrets_webhook_admission_duration_seconds_count") or 0
-    r = await client.post("/mutate", content=orjson.dumps(review_for(flyte_pod(ECR_IMAGE), uid="u1")))
+    r = await client.post("/mutate", content=orjson.dumps(review_for(flyte_pod(ECR_IMAGE), uid="u1", dry_run=True)))
     assert r.status_code == 200
     resp = r.json()["response"]
     assert resp == {
@@ -90,6 +90,8 @@ async def test_internal_error_admits_the_pod_untouched_with_a_warning(client, mo
     # The fault still has its admission line and latency sample, like every other review.
     (line,) = lines
     assert (line["uid"], line["result"], line["error"]) == ("u1", "error", "RuntimeError")
+    # ... with the same envelope fields as a successful review's line.
+    assert (line["namespace"], line["operation"], line["dry_run"]) == ("flytesnacks-development", "CREATE", True)
     assert line["duration_ms"] >= 0
     assert metrics.REGISTRY.get_sample_value("pullsecrets_webhook_admission_duration_seconds_count") == samples + 1
 

@@ -172,23 +172,29 @@ def _is_pod_create(request: dict[str, Any]) -> bool:
     )
 
 
+def describe(review_obj: dict[str, Any]) -> Decision:
+    """What the envelope says (uid, namespace, operation, dry run), before anything is decided.
+
+    Every admission log line carries these, including the line of a review that failed.
+    """
+    request: dict[str, Any] = review_obj["request"]
+    operation = request.get("operation")
+    namespace = request.get("namespace")
+    return Decision(
+        uid=request["uid"],
+        response={},
+        outcome="ignored",
+        namespace=namespace if isinstance(namespace, str) else None,
+        operation=operation if isinstance(operation, str) else None,
+        dry_run=request.get("dryRun") is True,
+    )
+
+
 def review(review_obj: dict[str, Any], config: Config, cluster: ClusterView | None = None) -> Decision:
     """Decide on a parsed review (see parse_review)."""
     request: dict[str, Any] = review_obj["request"]
-    uid: str = request["uid"]
-    operation = request.get("operation")
-    namespace = request.get("namespace")
-    if not isinstance(namespace, str):
-        namespace = None
-    dry_run = request.get("dryRun") is True
-    decision = Decision(
-        uid=uid,
-        response={},
-        outcome="ignored",
-        namespace=namespace,
-        operation=operation if isinstance(operation, str) else None,
-        dry_run=dry_run,
-    )
+    decision = describe(review_obj)
+    uid = decision.uid
     if not _is_pod_create(request):
         decision.response = make_response(uid)
         return decision
@@ -201,7 +207,7 @@ def review(review_obj: dict[str, Any], config: Config, cluster: ClusterView | No
     name = metadata.get("name") or metadata.get("generateName")
     decision.name = name if isinstance(name, str) else None
 
-    mutation = mutate_pod(pod, config, namespace, cluster)
+    mutation = mutate_pod(pod, config, decision.namespace, cluster)
     decision.mutation = mutation
     decision.outcome = mutation.outcome.value
     audit = None

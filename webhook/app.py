@@ -24,7 +24,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Receive
 
 from webhook import logs, metrics
-from webhook.admission import ReviewError, make_response, parse_review, review
+from webhook.admission import Decision, ReviewError, describe, make_response, parse_review, review
 from webhook.config import Config
 from webhook.mutation import ClusterView
 
@@ -149,6 +149,18 @@ def _labelled(metric: Any, *values: str) -> Any:
     return child
 
 
+def _fields(decision: Decision) -> dict[str, Any]:
+    """The admission line's fields that every review has."""
+    return {
+        "uid": decision.uid,
+        "namespace": decision.namespace,
+        "pod": decision.name,
+        "operation": decision.operation,
+        "dry_run": decision.dry_run,
+        "result": decision.outcome,
+    }
+
+
 def _record(decision_fields: dict[str, Any], started: float) -> None:
     elapsed = time.perf_counter() - started
     metrics.LATENCY.observe(elapsed)
@@ -209,30 +221,14 @@ def create_app(state: AppState) -> FastAPI:
             response = reply(
                 make_response(uid, warnings=[f"pullsecrets-webhook: internal error ({type(exc).__name__})"])
             )
-            req = review_obj["request"]
             # Still one admission line (and a latency sample), so the fault shows where operators look.
-            _record(
-                {
-                    "uid": uid,
-                    "namespace": req.get("namespace"),
-                    "operation": req.get("operation"),
-                    "dry_run": bool(req.get("dryRun")),
-                    "result": "error",
-                    "error": type(exc).__name__,
-                },
-                started,
-            )
+            failed = describe(review_obj)
+            failed.outcome = "error"
+            _record({**_fields(failed), "error": type(exc).__name__}, started)
             return response
 
         _labelled(metrics.ADMISSIONS, decision.outcome).inc()
-        fields: dict[str, Any] = {
-            "uid": decision.uid,
-            "namespace": decision.namespace,
-            "pod": decision.name,
-            "operation": decision.operation,
-            "dry_run": decision.dry_run,
-            "result": decision.outcome,
-        }
+        fields = _fields(decision)
         mutation = decision.mutation
         if mutation is not None:
             for secret, registry in mutation.added_for_registry.items():
