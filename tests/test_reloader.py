@@ -13,8 +13,13 @@ from webhook.config import load_config_text
 OLD = "rules: [{registry: ghcr.io, secrets: [ghcr]}]\n"
 
 
+def sample(name: str, **labels: str) -> float:
+    """A metric as a scrape shows it."""
+    return metrics.REGISTRY.get_sample_value(f"pullsecrets_webhook_{name}", labels) or 0.0
+
+
 def failures() -> float:
-    return metrics.CONFIG_RELOADS.labels("failure")._value.get()
+    return sample("config_reloads_total", result="failure")
 
 
 @pytest.fixture
@@ -44,8 +49,8 @@ def test_a_change_is_taken_whole_or_refused_with_the_old_rules_kept(rules_file, 
     rules_file.write_text(new)
     assert watcher.reload_if_changed() is outcome
     assert len(state.config.rules) == rules_after
-    assert metrics.RULES._value.get() == rules_after
-    assert metrics.CONFIG_VALID._value.get() == valid_after
+    assert sample("rules") == rules_after
+    assert sample("config_last_reload_successful") == valid_after
     assert failures() == before + (outcome is False)
     assert watcher.reload_if_changed() is None, "a refused or applied version is not re-read until it changes"
 
@@ -62,7 +67,7 @@ def test_a_loader_bug_refuses_the_file_like_an_invalid_one(rules_file, monkeypat
     rules_file.write_text("rules: []\n")
     assert watcher.reload_if_changed() is False
     assert failures() == before + 1
-    assert metrics.CONFIG_VALID._value.get() == 0
+    assert sample("config_last_reload_successful") == 0
     assert state.config.rules.rules[0].secrets == ("ghcr",)
 
 
