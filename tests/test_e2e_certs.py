@@ -126,10 +126,11 @@ def test_init_certs_sets_every_entrys_ca_bundle_and_nothing_else_and_the_configu
     ]
     admission_v1.patch_mutating_webhook_configuration(setup.mwc, patch, _content_type="application/json-patch+json")
     before = read()
-    # A Secret made by an earlier version (no owner), with an annotation another tool set.
     setup.run_init_certs()
     secret = setup.read_secret()
     assert [r.name for r in secret.metadata.owner_references] == [setup.mwc]  # set on creation
+    # Now make it look like a Secret from an earlier version (no owner), with an annotation another
+    # tool set: the next run adds the owner and keeps the annotation.
     secret.metadata.owner_references = None
     secret.metadata.annotations = {**(secret.metadata.annotations or {}), "backup.example.com/skip": "true"}
     core_v1.replace_namespaced_secret(setup.secret, setup.ns, secret)
